@@ -1,0 +1,4 @@
+"""Test suite set-up: fixtures live in tests/support/ modules, registered here."""
+
+pytest_plugins: list[str] = [
+]
