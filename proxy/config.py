@@ -238,6 +238,7 @@ def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> dict[s
         ("upstream", "secret_key"): "UPSTREAM_SECRET_KEY",
         ("upstream", "session_token"): "UPSTREAM_SESSION_TOKEN",
         ("inference", "token"): "INFERENCE_TOKEN",
+        ("quarantine", "access_key"): "QUARANTINE_ACCESS_KEY",
         ("quarantine", "secret_key"): "QUARANTINE_SECRET_KEY",
         ("database", "url"): "DATABASE_URL",
     }
