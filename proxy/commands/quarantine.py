@@ -1,0 +1,239 @@
+"""`bucketguard quarantine list|show|reported|hold|unhold|purge|export`: the operator's quarantine tools.
+
+Every action that changes an item or reads its bytes is written to the evidence log with the actor
+(`--actor`, by default ``operator:<login name>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rich.console import Console
+from rich.table import Table
+
+from proxy.cli import CommandError
+from proxy.config import Config, load_config
+from proxy.evidence import EvidenceError, records_for_item
+from proxy.quarantine import STATUSES, Quarantine, QuarantineError
+from proxy.quarantine_export import export_item
+from proxy.quarantine_store import StoreError, open_store
+from proxy.state import Database
+
+T = TypeVar("T")
+DEFAULT_CONFIG = "bucketguard.toml"
+_SQLITE_PREFIX = "sqlite+aiosqlite:///"
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default=DEFAULT_CONFIG, metavar="FILE",
+                        help=f"config file (default ./{DEFAULT_CONFIG})")
+
+
+def default_actor() -> str:
+    try:
+        return f"operator:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "operator"
+
+
+@asynccontextmanager
+async def open_database(config: Config) -> AsyncIterator[Database]:
+    """The configured database, migrated; a missing SQLite file is an error, not a new empty log."""
+    url = config.database.url
+    if url.startswith(_SQLITE_PREFIX) and ":memory:" not in url:
+        path = Path(url[len(_SQLITE_PREFIX):])
+        if not path.is_file():
+            raise CommandError(f"database {path} does not exist (check database.url)")
+    db = Database(url)
+    try:
+        await db.migrate()
+        yield db
+    finally:
+        await db.close()
+
+
+@asynccontextmanager
+async def open_quarantine(config: Config) -> AsyncIterator[Quarantine]:
+    async with open_database(config) as db:
+        store = open_store(config.quarantine)
+        try:
+            yield Quarantine(db.engine, store, retention_days=config.quarantine.retention_days)
+        finally:
+            await store.close()
+
+
+def run_with_quarantine(args: argparse.Namespace, action: Callable[[Quarantine], Awaitable[T]]) -> T:
+    """Load the config, open DB and store, run ``action``; operator-facing failures become one line."""
+    config = load_config(args.config)
+
+    async def main() -> T:
+        async with open_quarantine(config) as quarantine:
+            return await action(quarantine)
+
+    try:
+        return asyncio.run(main())
+    except (QuarantineError, StoreError, EvidenceError) as exc:
+        raise CommandError(str(exc), status=1) from exc
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("quarantine", help="review, report, hold, purge and export caught uploads")
+    actions = parser.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
+
+    listing = actions.add_parser("list", help="list items")
+    listing.add_argument("--status", choices=STATUSES, help="only items with this status")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(handler=run_list)
+
+    show = actions.add_parser("show", help="show one item and its evidence records")
+    show.add_argument("item_id", metavar="ID")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=run_show)
+
+    reported = actions.add_parser("reported",
+                                  help="record that the item was reported (retention counts from then)")
+    reported.add_argument("item_id", metavar="ID")
+    reported.add_argument("--ref", required=True, help="the report's reference (e.g. the NCMEC report id)")
+    reported.set_defaults(handler=run_reported)
+
+    hold = actions.add_parser("hold", help="put an item on legal hold: no purge until unhold")
+    hold.add_argument("item_id", metavar="ID")
+    hold.add_argument("--reason", required=True, help="why it is held (request, case number)")
+    hold.set_defaults(handler=run_hold)
+
+    unhold = actions.add_parser("unhold", help="lift an item's legal hold")
+    unhold.add_argument("item_id", metavar="ID")
+    unhold.set_defaults(handler=run_unhold)
+
+    purge = actions.add_parser("purge", help="delete kept bytes (records and hashes stay)")
+    target = purge.add_mutually_exclusive_group(required=True)
+    target.add_argument("item_id", metavar="ID", nargs="?", help="one item")
+    target.add_argument("--expired", action="store_true", help="every item past retention and not on hold")
+    purge.add_argument("--force", action="store_true", help="purge one item before its retention ends")
+    purge.add_argument("--dry-run", action="store_true", help="with --expired: list what would be purged")
+    purge.set_defaults(handler=run_purge)
+
+    export = actions.add_parser("export", help="write an item's evidence package (zip)")
+    export.add_argument("item_id", metavar="ID")
+    export.add_argument("--out", required=True, metavar="FILE.zip", help="where to write the zip")
+    export.add_argument("--record-only", action="store_true",
+                        help="export the records without the bytes (for purged or rejected items)")
+    export.set_defaults(handler=run_export)
+
+    for action_parser in actions.choices.values():
+        add_config_option(action_parser)
+        if action_parser not in (listing, show):
+            action_parser.add_argument("--actor", default=default_actor(),
+                                       help="who is acting, for the evidence log (default: %(default)s)")
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{size} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def run_list(args: argparse.Namespace) -> int:
+    items = run_with_quarantine(args, lambda q: q.list(args.status))
+    if args.json:
+        print(json.dumps(items, indent=2, ensure_ascii=False))
+        return 0
+    table = Table(title=f"quarantine: {len(items)} item(s)")
+    for column in ("id", "date", "action", "rule", "category", "key", "size", "status", "hold"):
+        table.add_column(column, overflow="fold", justify="right" if column == "size" else "left")
+    for item in items:
+        table.add_row(item["id"], item["created_at"][:19].replace("T", " "), item["action"], item["rule"],
+                      item["category"], f"{item['bucket']}/{item['key']}", _size(item["size"]),
+                      item["status"], "yes" if item["legal_hold"] else "")
+    Console().print(table)
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    async def gather(quarantine: Quarantine) -> dict[str, Any]:
+        item = await quarantine.get(args.item_id)
+        item["retained_until"] = quarantine.expires_at(item).strftime("%Y-%m-%dT%H:%M:%SZ")
+        item["evidence"] = await records_for_item(quarantine.engine, args.item_id)
+        return item
+
+    item = run_with_quarantine(args, gather)
+    if args.json:
+        print(json.dumps(item, indent=2, ensure_ascii=False))
+        return 0
+    console = Console()
+    table = Table(show_header=False, title=f"item {item['id']}")
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    for name, value in item.items():
+        if name != "evidence":
+            shown = json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else str(value)
+            table.add_row(name, "" if value is None else shown)
+    console.print(table)
+    events = Table(title="evidence records")
+    for column in ("seq", "time", "event", "actor", "detail"):
+        events.add_column(column, overflow="fold")
+    for record in item["evidence"]:
+        events.add_row(str(record["seq"]), record["time"], record["event"], record["actor"],
+                       json.dumps(record["detail"], ensure_ascii=False))
+    console.print(events)
+    return 0
+
+
+def run_reported(args: argparse.Namespace) -> int:
+    record = run_with_quarantine(
+        args, lambda q: q.mark_reported(args.item_id, ref=args.ref, actor=args.actor))
+    print(f"{args.item_id}: reported ({args.ref}); retention now counts from {record['time'][:10]} "
+          f"(evidence record {record['seq']})")
+    return 0
+
+
+def run_hold(args: argparse.Namespace) -> int:
+    record = run_with_quarantine(args, lambda q: q.hold(args.item_id, reason=args.reason, actor=args.actor))
+    print(f"{args.item_id}: on legal hold (evidence record {record['seq']})")
+    return 0
+
+
+def run_unhold(args: argparse.Namespace) -> int:
+    record = run_with_quarantine(args, lambda q: q.unhold(args.item_id, actor=args.actor))
+    print(f"{args.item_id}: legal hold lifted (evidence record {record['seq']})")
+    return 0
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    if args.expired and args.force:
+        raise CommandError("--force applies to one item, not to --expired")
+    if args.dry_run and not args.expired:
+        raise CommandError("--dry-run applies to --expired")
+    if args.item_id:
+        record = run_with_quarantine(
+            args, lambda q: q.purge(args.item_id, actor=args.actor, force=args.force))
+        forced = " before its retention ended (--force)" if record["detail"]["forced"] else ""
+        print(f"{args.item_id}: bytes purged{forced} (evidence record {record['seq']})")
+        return 0
+    if args.dry_run:
+        items = run_with_quarantine(args, lambda q: q.expired())
+        verb = "would purge"
+    else:
+        items = run_with_quarantine(args, lambda q: q.purge_expired(actor=args.actor))
+        verb = "purged"
+    for item in items:
+        print(f"{verb} {item['id']} {item['sha256']} {item['bucket']}/{item['key']}")
+    print(f"{verb} {len(items)} item(s)")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    record = run_with_quarantine(args, lambda q: export_item(
+        q, args.item_id, out, actor=args.actor, record_only=args.record_only))
+    print(f"{args.item_id}: exported to {out} (evidence record {record['seq']})")
+    return 0
