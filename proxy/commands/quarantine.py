@@ -149,7 +149,8 @@ def run_list(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"quarantine: {len(items)} item(s)")
     for column in ("id", "date", "action", "rule", "category", "key", "size", "status", "hold"):
-        table.add_column(column, overflow="fold", justify="right" if column == "size" else "left")
+        table.add_column(column, overflow="fold", no_wrap=column in ("id", "date", "size"),
+                         justify="right" if column == "size" else "left")
     for item in items:
         table.add_row(item["id"], item["created_at"][:19].replace("T", " "), item["action"], item["rule"],
                       item["category"], f"{item['bucket']}/{item['key']}", _size(item["size"]),
