@@ -180,7 +180,10 @@ from proxy.state import Database
 
 async def main(url, tag):
     db = Database(url)
-    for n in range(20):
+    await evidence.verify(db.engine)  # connected and warm
+    print("ready", flush=True)
+    sys.stdin.readline()  # both start appending at once
+    for n in range(150):
         await evidence.append_one(db.engine, evidence.Event(event="flag", item_id=f"{tag}-{n}", actor=tag))
     await db.close()
 
@@ -191,16 +194,25 @@ asyncio.run(main(sys.argv[1], sys.argv[2]))
 async def test_two_processes_appending_keep_one_unbroken_chain(tmp_path: Path, db: Database) -> None:
     url = sqlite_url(tmp_path / "bucketguard.db")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    procs = [await asyncio.create_subprocess_exec(sys.executable, "-c", _APPEND_SCRIPT, url, tag, env=env,
-                                                  stderr=asyncio.subprocess.PIPE)
-             for tag in ("replica-a", "replica-b")]
+    procs = [await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _APPEND_SCRIPT, url, tag, env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) for tag in ("replica-a", "replica-b")]
+    for proc in procs:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), timeout=60) == b"ready\n"
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
     for proc in procs:
         _, stderr = await asyncio.wait_for(proc.communicate(), timeout=60)
         assert proc.returncode == 0, stderr.decode()
-    assert await evidence.verify(db.engine) == evidence.VerifyResult(count=40)
+    assert await evidence.verify(db.engine) == evidence.VerifyResult(count=300)
     async with db.engine.connect() as conn:
         actors = [r[0] for r in await conn.execute(text("SELECT actor FROM evidence_records ORDER BY seq"))]
     assert sorted(set(actors)) == ["replica-a", "replica-b"]
+    switches = sum(1 for a, b in zip(actors, actors[1:], strict=False) if a != b)
+    assert switches > 1, "the two writers never interleaved, so the test proved nothing"
 
 
 async def test_chain_proof_verifies_and_catches_tampering(db: Database) -> None:
