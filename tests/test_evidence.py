@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -211,7 +212,7 @@ async def test_two_processes_appending_keep_one_unbroken_chain(tmp_path: Path, d
     async with db.engine.connect() as conn:
         actors = [r[0] for r in await conn.execute(text("SELECT actor FROM evidence_records ORDER BY seq"))]
     assert sorted(set(actors)) == ["replica-a", "replica-b"]
-    switches = sum(1 for a, b in zip(actors, actors[1:], strict=False) if a != b)
+    switches = sum(1 for a, b in itertools.pairwise(actors) if a != b)
     assert switches > 1, "the two writers never interleaved, so the test proved nothing"
 
 
