@@ -6,12 +6,14 @@ import argparse
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from proxy import evidence
 from proxy.cli import CommandError
 from proxy.commands.quarantine import add_config_option, open_database
 from proxy.config import load_config
+
+if TYPE_CHECKING:
+    from proxy.evidence import VerifyResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,9 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from proxy import evidence
+
     config = load_config(args.config)
 
-    async def main() -> evidence.VerifyResult:
+    async def main() -> VerifyResult:
         async with open_database(config) as db:
             return await evidence.verify(db.engine)
 
@@ -43,6 +47,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_proof(args: argparse.Namespace) -> int:
+    from proxy import evidence
+
     config = load_config(args.config)
 
     async def main() -> dict[str, Any]:

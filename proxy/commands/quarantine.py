@@ -13,18 +13,20 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
 
 from proxy.cli import CommandError
 from proxy.config import Config, load_config
-from proxy.evidence import EvidenceError, records_for_item
-from proxy.quarantine import STATUSES, Quarantine, QuarantineError
-from proxy.quarantine_export import export_item
-from proxy.quarantine_store import StoreError, open_store
-from proxy.state import Database
+
+if TYPE_CHECKING:
+    from proxy.quarantine import Quarantine
+    from proxy.state import Database
+
+# The database, store and evidence modules (SQLAlchemy, aiobotocore) are imported when a command runs,
+# not when `bucketguard` builds its parser, so other commands and --help stay quick.
 
 T = TypeVar("T")
 DEFAULT_CONFIG = "bucketguard.toml"
@@ -46,6 +48,8 @@ def default_actor() -> str:
 @asynccontextmanager
 async def open_database(config: Config) -> AsyncIterator[Database]:
     """The configured database, migrated; a missing SQLite file is an error, not a new empty log."""
+    from proxy.state import Database
+
     url = config.database.url
     if url.startswith(_SQLITE_PREFIX) and ":memory:" not in url:
         path = Path(url[len(_SQLITE_PREFIX):])
@@ -61,6 +65,9 @@ async def open_database(config: Config) -> AsyncIterator[Database]:
 
 @asynccontextmanager
 async def open_quarantine(config: Config) -> AsyncIterator[Quarantine]:
+    from proxy.quarantine import Quarantine
+    from proxy.quarantine_store import open_store
+
     async with open_database(config) as db:
         store = open_store(config.quarantine)
         try:
@@ -71,6 +78,10 @@ async def open_quarantine(config: Config) -> AsyncIterator[Quarantine]:
 
 def run_with_quarantine(args: argparse.Namespace, action: Callable[[Quarantine], Awaitable[T]]) -> T:
     """Load the config, open DB and store, run ``action``; operator-facing failures become one line."""
+    from proxy.evidence import EvidenceError
+    from proxy.quarantine import QuarantineError
+    from proxy.quarantine_store import StoreError
+
     config = load_config(args.config)
 
     async def main() -> T:
@@ -88,7 +99,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="quarantine_command", metavar="ACTION", required=True)
 
     listing = actions.add_parser("list", help="list items")
-    listing.add_argument("--status", choices=STATUSES, help="only items with this status")
+    listing.add_argument("--status", metavar="STATUS",
+                         help="only items with this status (quarantined, rejected, flagged, released, "
+                              "confirmed, purged)")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(handler=run_list)
 
@@ -143,6 +156,10 @@ def _size(size: int) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
+    from proxy.quarantine import STATUSES
+
+    if args.status is not None and args.status not in STATUSES:
+        raise CommandError(f"--status: expected one of {', '.join(STATUSES)}, got {args.status!r}")
     items = run_with_quarantine(args, lambda q: q.list(args.status))
     if args.json:
         print(json.dumps(items, indent=2, ensure_ascii=False))
@@ -160,6 +177,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from proxy.evidence import records_for_item
+
     async def gather(quarantine: Quarantine) -> dict[str, Any]:
         item = await quarantine.get(args.item_id)
         item["retained_until"] = quarantine.expires_at(item).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -233,6 +252,8 @@ def run_purge(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from proxy.quarantine_export import export_item
+
     out = Path(args.out)
     record = run_with_quarantine(args, lambda q: export_item(
         q, args.item_id, out, actor=args.actor, record_only=args.record_only))
