@@ -381,3 +381,18 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert "--force applies to one item" in capsys.readouterr().err
     assert cli_main(["quarantine", "export", "0" * 32, "--out", str(tmp_path / "no" / "x.zip"), *base]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+
+
+async def test_reading_bytes_is_recorded_as_a_reveal(quarantine: Quarantine, db: Database) -> None:
+    item_id = await quarantine.record(catch_for(PNG), body=PNG)
+    assert await read_all(await quarantine.read_bytes(item_id, actor="admin:alice", reason="review")) == PNG
+    records = await evidence.records_for_item(db.engine, item_id)
+    assert [(r["event"], r["actor"], r["detail"]) for r in records[1:]] == [
+        ("reveal", "admin:alice", {"reason": "review"})]
+    confirmed = await quarantine.record_event(item_id, "confirm", actor="admin:alice", status="confirmed",
+                                              reviewed_by="admin:alice", reviewed_at=records[1]["time"])
+    assert confirmed["event"] == "confirm"
+    assert (await quarantine.get(item_id))["status"] == "confirmed"
+    with pytest.raises(QuarantineError, match="unknown item status"):
+        await quarantine.record_event(item_id, "confirm", actor="admin:alice", status="gone")
+    assert (await evidence.verify(db.engine)) == evidence.VerifyResult(count=3)
