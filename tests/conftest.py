@@ -1,4 +1,5 @@
 """Test suite set-up: fixtures live in tests/support/ modules, registered here."""
 
 pytest_plugins: list[str] = [
+    "tests.support.moto",
 ]

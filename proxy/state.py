@@ -1,0 +1,113 @@
+"""The state database: SQLAlchemy async on SQLite (default) or PostgreSQL, with migrations run at start-up.
+
+Tables are defined by the modules that own them, on the shared :data:`metadata`; each such module exports
+``MIGRATIONS`` and is listed in :data:`MIGRATION_MODULES`. Migrations are applied once each, in order,
+under a database-wide lock so that two replicas starting together do not race.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Column, Connection, MetaData, String, Table, event, select
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+metadata = MetaData()
+
+#: Modules contributing tables, in the order their migrations run.
+MIGRATION_MODULES: tuple[str, ...] = (
+    "proxy.multipart_state",
+    "proxy.evidence",
+    "proxy.quarantine",
+)
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("applied_at", String(40), nullable=False),
+)
+
+_PG_MIGRATION_LOCK = 0x6275636B  # "buck"
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema change, applied once, in a synchronous connection inside the migration transaction."""
+
+    id: str
+    apply: Callable[[Connection], None]
+
+
+def create_tables(*tables: Table) -> Callable[[Connection], None]:
+    """A migration step that creates the given tables (and their indexes)."""
+
+    def apply(conn: Connection) -> None:
+        for table in tables:
+            table.create(conn, checkfirst=True)
+
+    return apply
+
+
+def now_text() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Database:
+    """One async engine; SQLite gets WAL and a busy timeout so several processes can share the file."""
+
+    def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
+        self.url = url
+        connect_args = {"timeout": busy_timeout_s} if url.startswith("sqlite") else {}
+        self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    async def migrate(self) -> list[str]:
+        """Apply every migration not applied yet; returns the ids applied now."""
+        applied_now: list[str] = []
+        async with self.engine.connect() as conn:
+            if self.dialect == "sqlite":
+                await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                await conn.begin()
+                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+            try:
+                await conn.run_sync(lambda c: schema_migrations.create(c, checkfirst=True))
+                done = set((await conn.execute(select(schema_migrations.c.id))).scalars())
+                for module_name in MIGRATION_MODULES:
+                    module = importlib.import_module(module_name)
+                    for migration in module.MIGRATIONS:
+                        if migration.id in done:
+                            continue
+                        await conn.run_sync(migration.apply)
+                        await conn.execute(schema_migrations.insert().values(id=migration.id,
+                                                                              applied_at=now_text()))
+                        applied_now.append(migration.id)
+            except BaseException:
+                await conn.rollback()
+                raise
+            await conn.commit()
+        return applied_now
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
+    cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
