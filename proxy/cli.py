@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 #: Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
+    "proxy.commands.serve",
     "proxy.commands.config",
     "proxy.commands.quarantine",
     "proxy.commands.evidence",

@@ -47,6 +47,8 @@ class ClientConfig:
     #: Env: BUCKETGUARD_CLIENT_<ACCESS_KEY>_SECRET (access key upper-cased, non-alphanumerics as `_`).
     secret_key: str
     name: str = ""
+    #: When set, requests with this key must carry this session token (x-amz-security-token).
+    session_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,10 @@ def _check(config: Config) -> None:
         if client.access_key in seen:
             raise ConfigError(f"clients[{i}].access_key: {client.access_key!r} is listed twice")
         seen.add(client.access_key)
+    reserved = {"healthz", "readyz", "metrics", "admin", "validate", "_bucketguard"}
+    for name in config.upstream.buckets:
+        if name in reserved:
+            raise ConfigError(f"upstream.buckets.{name}: this name is reserved for the proxy's own endpoints")
     if not config.upstream.endpoint.startswith(("http://", "https://")):
         raise ConfigError(f"upstream.endpoint: expected an http:// or https:// URL, got "
                           f"{config.upstream.endpoint!r}")

@@ -193,7 +193,8 @@ class Upstream:
 
     async def list_objects_v2(self, bucket: str, *, prefix: str = "", delimiter: str = "", max_keys: int = 1000,
                               continuation_token: str = "", start_after: str = "") -> ListedPage:
-        params: dict[str, Any] = {"Bucket": bucket, "MaxKeys": max_keys, "EncodingType": "url"}
+        # botocore asks for url encoding itself and decodes the keys (safe for any key bytes in XML).
+        params: dict[str, Any] = {"Bucket": bucket, "MaxKeys": max_keys}
         if prefix:
             params["Prefix"] = prefix
         if delimiter:

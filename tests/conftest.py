@@ -2,4 +2,5 @@
 
 pytest_plugins: list[str] = [
     "tests.support.moto",
+    "tests.support.proxy",
 ]

@@ -36,7 +36,7 @@ def _crc32c() -> Callable[[bytes, int], int] | None:
     return checksums.crc32c
 
 
-class _Checksum:
+class Checksum:
     """A streaming checksum whose digest is compared base64-encoded, as in x-amz-checksum-* trailers."""
 
     def __init__(self, algorithm: str) -> None:
@@ -89,11 +89,11 @@ class AwsChunkedDecoder:
         self._decoded = 0
         self._trailers: dict[str, str] = {}
         self._trailer_bytes = 0
-        self._checksum: _Checksum | None = None
+        self._checksum: Checksum | None = None
         names = [n.strip().lower() for n in trailer_names.split(",") if n.strip()]
         for name in names:
             if name.startswith("x-amz-checksum-"):
-                self._checksum = _Checksum(name[len("x-amz-checksum-"):])
+                self._checksum = Checksum(name[len("x-amz-checksum-"):])
                 self._checksum_name = name
         if names and not self._expects_trailer:
             raise S3Error("InvalidRequest", "x-amz-trailer was sent with a payload type that has no trailer.")

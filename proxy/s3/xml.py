@@ -145,3 +145,46 @@ def list_objects_v2_result(
         element = SubElement(root, "CommonPrefixes")
         _text(element, "Prefix", enc(common))
     return _document(root)
+
+
+def list_objects_v1_result(
+    *,
+    bucket: str,
+    prefix: str,
+    delimiter: str,
+    max_keys: int,
+    objects: Iterable[ListedObject],
+    common_prefixes: Iterable[str],
+    is_truncated: bool,
+    marker: str = "",
+    next_marker: str = "",
+    encoding_type: str = "",
+) -> bytes:
+    """A ListBucketResult for the original ListObjects (s3cmd and older clients still use it)."""
+
+    def enc(value: str) -> str:
+        return quote(value, safe="/") if encoding_type == "url" else value
+
+    root = _root("ListBucketResult")
+    _text(root, "Name", bucket)
+    _text(root, "Prefix", enc(prefix))
+    _text(root, "Marker", enc(marker))
+    if next_marker:
+        _text(root, "NextMarker", enc(next_marker))
+    _text(root, "MaxKeys", max_keys)
+    if delimiter:
+        _text(root, "Delimiter", enc(delimiter))
+    _text(root, "IsTruncated", "true" if is_truncated else "false")
+    if encoding_type:
+        _text(root, "EncodingType", encoding_type)
+    for item in objects:
+        contents = SubElement(root, "Contents")
+        _text(contents, "Key", enc(item.key))
+        _text(contents, "LastModified", _iso(item.last_modified))
+        _text(contents, "ETag", item.etag)
+        _text(contents, "Size", item.size)
+        _text(contents, "StorageClass", item.storage_class)
+    for common in common_prefixes:
+        element = SubElement(root, "CommonPrefixes")
+        _text(element, "Prefix", enc(common))
+    return _document(root)

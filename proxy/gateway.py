@@ -1,0 +1,258 @@
+"""The proxy's ASGI app: the S3 front, its own health and metrics endpoints, and the start-up wiring.
+
+Routing rule for the proxy's own endpoints (`/healthz`, `/readyz`, `/metrics`, `/admin/...`, `/validate`,
+`/_bucketguard/...`): they answer only for path-style requests, and those names are refused as bucket names
+(`reserved_bucket_names`), so they never shadow a bucket or a key. Everything else is S3.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
+
+from proxy.config import Config
+from proxy.logs import ACCESS_LOGGER
+from proxy.metrics import ProxyMetrics
+from proxy.multipart_state import MultipartState
+from proxy.operations import INTERNAL_PREFIX, Call, Operations
+from proxy.s3 import sigv4
+from proxy.s3.addressing import bucket_from_host, resolve
+from proxy.s3.errors import S3Error
+from proxy.screening import Screen, allow_all
+from proxy.state import Database
+from proxy.upstream import Upstream
+
+log = logging.getLogger("bucketguard.gateway")
+access_log = logging.getLogger(ACCESS_LOGGER)
+
+#: Path-style first segments that belong to the proxy itself, never to a bucket.
+RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "admin", "validate", "_bucketguard"})
+
+
+@dataclass
+class AppState:
+    """Everything the running app holds; extensions (pipeline, admin, jobs) hang their parts here."""
+
+    config: Config
+    db: Database
+    upstream: Upstream
+    metrics: ProxyMetrics
+    operations: Operations
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def _operation_name(method: str, has_key: bool, query: dict[str, str]) -> str:
+    if not has_key:
+        if method == "GET":
+            return "GetBucketLocation" if "location" in query else "ListObjects"
+        return {"HEAD": "HeadBucket"}.get(method, f"{method}Bucket")
+    if method == "PUT":
+        return "UploadPart" if "partNumber" in query and "uploadId" in query else "PutObject"
+    if method == "POST":
+        if "uploads" in query:
+            return "CreateMultipartUpload"
+        if "uploadId" in query:
+            return "CompleteMultipartUpload"
+        return "PostObject"
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+    return {"GET": "GetObject", "HEAD": "HeadObject"}.get(method, method)
+
+
+def _parse_query(raw: str) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for part in raw.split("&") if raw else []:
+        if part:
+            name, _, value = part.partition("=")
+            params.setdefault(unquote(name), unquote(value))
+    return params
+
+
+class S3Front:
+    """The ASGI app for S3 requests: verify, dispatch, answer errors as S3 XML, count and log."""
+
+    def __init__(self, get_state: Callable[[], AppState]) -> None:
+        self._get_state = get_state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = self._get_state()
+        request = Request(scope, receive)
+        request_id = secrets.token_hex(8).upper()
+        started = time.perf_counter()
+        method = scope["method"]
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        raw_query = scope.get("query_string", b"").decode("latin-1")
+        query = _parse_query(raw_query)
+        header_list = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        headers = request.headers
+        operation = "Unknown"
+        access_key = ""
+        bucket = key = None
+        try:
+            target = resolve(headers.get("host", ""), raw_path, state.config.server.base_domains)
+            bucket, key = target.bucket, target.key
+            operation = _operation_name(method, key is not None, query) if bucket else f"{method}Service"
+            auth = sigv4.verify(
+                method, raw_path.decode("latin-1"), raw_query, header_list, secrets=state.config.client_secret,
+                region=state.config.server.region, max_skew_s=state.config.limits.max_clock_skew_s,
+                max_expires_s=state.config.limits.max_presign_expires_s, session_tokens=self._session_token(state))
+            access_key = auth.access_key
+            response = await self._dispatch(state, request, method, query, auth, bucket, key, request_id,
+                                            operation)
+        except S3Error as error:
+            response = self._error_response(error, method, request_id, resource=str(scope.get("path", "")))
+        except Exception:
+            log.exception("unexpected failure", extra={"fields": {"request_id": request_id}})
+            response = self._error_response(S3Error("InternalError"), method, request_id, resource="")
+        response.headers["x-amz-request-id"] = request_id
+        await response(scope, receive, send)
+        elapsed = time.perf_counter() - started
+        metrics = state.metrics
+        metrics.requests.labels(operation, str(response.status_code)).inc()
+        metrics.latency.labels(operation).observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info("request", extra={"fields": {
+                "request_id": request_id, "client": access_key, "operation": operation, "bucket": bucket,
+                "key": key, "status": response.status_code, "duration_ms": round(elapsed * 1000, 2)}})
+
+    @staticmethod
+    def _session_token(state: AppState) -> Callable[[str], str] | None:
+        tokens = {c.access_key: c.session_token for c in state.config.clients if c.session_token}
+        return (lambda key: tokens.get(key, "")) if tokens else None
+
+    @staticmethod
+    def _error_response(error: S3Error, method: str, request_id: str, resource: str) -> Response:
+        if error.status == 304 or method == "HEAD":
+            return Response(status_code=error.status, headers=error.headers)
+        error.resource = error.resource or resource
+        return Response(error.to_xml(request_id), status_code=error.status, headers=error.headers,
+                        media_type="application/xml")
+
+    async def _dispatch(self, state: AppState, request: Request, method: str, query: dict[str, str],
+                        auth: sigv4.AuthContext, bucket: str | None, key: str | None, request_id: str,
+                        operation: str) -> Response:
+        if bucket is None:
+            raise S3Error("NotImplemented", "Service-level operations are not supported through this proxy.")
+        real_bucket = state.config.real_bucket(bucket)
+        if real_bucket is None:
+            raise S3Error("NoSuchBucket", resource=bucket)
+        if key is not None and key.startswith(INTERNAL_PREFIX):
+            raise S3Error("AccessDenied", "This key is reserved by the proxy.")
+        call = Call(request, request.headers, query, auth, bucket, real_bucket, key, request_id, operation)
+        ops = state.operations
+        handler = {
+            "GetObject": ops.get_object,
+            "HeadObject": ops.head_object,
+            "PutObject": ops.put_object,
+            "DeleteObject": ops.delete_object,
+            "UploadPart": ops.upload_part,
+            "CreateMultipartUpload": ops.create_multipart_upload,
+            "CompleteMultipartUpload": ops.complete_multipart_upload,
+            "AbortMultipartUpload": ops.abort_multipart_upload,
+            "HeadBucket": ops.head_bucket,
+            "ListObjects": ops.list_objects,
+            "GetBucketLocation": ops.bucket_location,
+        }.get(operation)
+        if handler is None:
+            raise S3Error("NotImplemented", f"{operation} is not supported through this proxy.")
+        return await handler(call)
+
+
+class Gateway:
+    """The outer ASGI callable: virtual-host requests go straight to S3; path-style ones are routed."""
+
+    def __init__(self, app: Starlette, s3: S3Front, base_domains: tuple[str, ...]) -> None:
+        self.app = app
+        self.s3 = s3
+        self._base_domains = base_domains
+
+    @property
+    def state(self) -> Any:
+        return self.app.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
+            first = scope["path"].lstrip("/").split("/", 1)[0]
+            if bucket_from_host(host, self._base_domains) is not None or first not in RESERVED_NAMES:
+                await self.s3(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+#: Extensions called at start-up with the AppState, returning routes to mount and an optional async
+#: clean-up. The screening pipeline, the admin page and the job endpoints plug in here.
+Extension = Callable[[AppState], "Any"]
+
+
+def create_app(config: Config, *, screen: Screen | None = None,
+               extensions: tuple[Extension, ...] = ()) -> Gateway:
+    """The proxy app; `screen` replaces the configured screening (tests plug in their own)."""
+    metrics = ProxyMetrics()
+    holder: dict[str, AppState] = {}
+
+    def get_state() -> AppState:
+        return holder["state"]
+
+    async def healthz(request: Request) -> Response:
+        return PlainTextResponse("ok\n")
+
+    async def readyz(request: Request) -> Response:
+        state = get_state()
+        try:
+            await state.db.ping()
+            await state.upstream.ready(sorted(set(state.config.upstream.buckets.values())))
+        except Exception as exc:  # readiness reports any failure as not ready
+            return PlainTextResponse(f"not ready: {exc}\n", status_code=503)
+        return PlainTextResponse("ready\n")
+
+    async def metrics_endpoint(request: Request) -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET", "HEAD"]),
+        Route("/readyz", readyz, methods=["GET", "HEAD"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        db = Database(config.database.url)
+        await db.migrate()
+        upstream = Upstream(config.upstream, config.limits,
+                            on_error=lambda op: metrics.upstream_errors.labels(op).inc())
+        await upstream.start()
+        state = AppState(config, db, upstream, metrics,
+                         Operations(config, upstream, MultipartState(db), screen or allow_all, metrics))
+        holder["state"] = state
+        app.state.bucketguard = state
+        cleanups = []
+        try:
+            for extension in extensions:
+                result = await extension(state)
+                if result is not None:
+                    extra_routes, cleanup = result
+                    app.router.routes.extend(extra_routes)
+                    if cleanup is not None:
+                        cleanups.append(cleanup)
+            yield
+        finally:
+            for cleanup in reversed(cleanups):
+                await cleanup()
+            await upstream.close()
+            await db.close()
+
+    app = Starlette(routes=routes, lifespan=lifespan)
+    return Gateway(app, S3Front(get_state), config.server.base_domains)

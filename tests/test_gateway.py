@@ -1,0 +1,165 @@
+"""The proxy with boto3 in front and a real S3 server behind: pass-through, uploads, multipart, the seam."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import botocore.exceptions
+import httpx
+import pytest
+
+from proxy.screening import Upload, Verdict
+from tests.support.proxy import CLIENT_BUCKET
+
+MIB = 1024 * 1024
+
+
+def error_code(info: pytest.ExceptionInfo) -> str:
+    return info.value.response["Error"]["Code"]
+
+
+def test_put_get_head_range_list_delete(proxy) -> None:
+    s3 = proxy.client()
+    data = os.urandom(300_000)
+    key = "dir/ünïcode key+with%percent?.png"
+    put = s3.put_object(Bucket=CLIENT_BUCKET, Key=key, Body=data, ContentType="image/png",
+                        Metadata={"origin": "test"}, CacheControl="max-age=60")
+    assert put["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
+    assert proxy.upstream.get(proxy.real_bucket, key) == data
+
+    got = s3.get_object(Bucket=CLIENT_BUCKET, Key=key)
+    assert got["Body"].read() == data
+    assert got["ContentType"] == "image/png"
+    assert got["Metadata"] == {"origin": "test"}
+    assert got["CacheControl"] == "max-age=60"
+    assert got["ContentLength"] == len(data)
+
+    ranged = s3.get_object(Bucket=CLIENT_BUCKET, Key=key, Range="bytes=100-199")
+    assert ranged["ResponseMetadata"]["HTTPStatusCode"] == 206
+    assert ranged["ContentRange"] == f"bytes 100-199/{len(data)}"
+    assert ranged["Body"].read() == data[100:200]
+
+    head = s3.head_object(Bucket=CLIENT_BUCKET, Key=key)
+    assert head["ContentLength"] == len(data)
+    assert head["ETag"] == put["ETag"]
+
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.get_object(Bucket=CLIENT_BUCKET, Key=key, IfNoneMatch=put["ETag"])
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 304
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.get_object(Bucket=CLIENT_BUCKET, Key=key, IfMatch='"0000"')
+    assert error_code(info) == "PreconditionFailed"
+
+    listing = s3.list_objects_v2(Bucket=CLIENT_BUCKET, Prefix="dir/")
+    assert listing["Name"] == CLIENT_BUCKET
+    assert [o["Key"] for o in listing["Contents"]] == [key]
+
+    s3.delete_object(Bucket=CLIENT_BUCKET, Key=key)
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.get_object(Bucket=CLIENT_BUCKET, Key=key)
+    assert error_code(info) == "NoSuchKey"
+    s3.head_bucket(Bucket=CLIENT_BUCKET)
+
+
+def test_unknown_bucket_and_internal_keys(proxy) -> None:
+    s3 = proxy.client()
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.get_object(Bucket="not-served", Key="x")
+    assert error_code(info) == "NoSuchBucket"
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.put_object(Bucket=CLIENT_BUCKET, Key=".bucketguard/staging/x", Body=b"x")
+    assert error_code(info) == "AccessDenied"
+
+
+def _multipart(s3, key: str, parts: list[bytes]) -> dict:
+    upload_id = s3.create_multipart_upload(Bucket=CLIENT_BUCKET, Key=key, ContentType="video/mp4")["UploadId"]
+    numbered = list(enumerate(parts, start=1))
+
+    def send(item):
+        number, data = item
+        return number, s3.upload_part(Bucket=CLIENT_BUCKET, Key=key, UploadId=upload_id, PartNumber=number,
+                                      Body=data)["ETag"]
+
+    with ThreadPoolExecutor(4) as pool:
+        etags = dict(pool.map(send, reversed(numbered)))
+    return s3.complete_multipart_upload(
+        Bucket=CLIENT_BUCKET, Key=key, UploadId=upload_id,
+        MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n, _ in numbered]})
+
+
+def test_multipart_out_of_order_with_empty_last_part(proxy) -> None:
+    s3 = proxy.client()
+    parts = [os.urandom(5 * MIB), os.urandom(5 * MIB + 123), b""]
+    result = _multipart(s3, "video/big.mp4", parts)
+    assert result["ResponseMetadata"]["HTTPStatusCode"] == 200
+    whole = b"".join(parts)
+    assert proxy.upstream.get(proxy.real_bucket, "video/big.mp4") == whole
+    assert s3.get_object(Bucket=CLIENT_BUCKET, Key="video/big.mp4")["ContentType"] == "video/mp4"
+    assert proxy.upstream_keys() == ["video/big.mp4"], "no staging object may stay behind"
+    assert proxy.upstream.multipart_uploads(proxy.real_bucket) == []
+
+
+def test_abort_leaves_nothing(proxy) -> None:
+    s3 = proxy.client()
+    upload_id = s3.create_multipart_upload(Bucket=CLIENT_BUCKET, Key="a.mp4")["UploadId"]
+    s3.upload_part(Bucket=CLIENT_BUCKET, Key="a.mp4", UploadId=upload_id, PartNumber=1, Body=os.urandom(MIB))
+    s3.abort_multipart_upload(Bucket=CLIENT_BUCKET, Key="a.mp4", UploadId=upload_id)
+    assert proxy.upstream_keys() == []
+    assert proxy.upstream.multipart_uploads(proxy.real_bucket) == []
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.upload_part(Bucket=CLIENT_BUCKET, Key="a.mp4", UploadId=upload_id, PartNumber=2, Body=b"x")
+    assert error_code(info) == "NoSuchUpload"
+
+
+def test_refusing_screen_holds_back_puts_and_multipart(proxy_factory) -> None:
+    seen: list[tuple[str, int, str]] = []
+
+    async def refuse(upload: Upload) -> Verdict:
+        seen.append((upload.key, upload.size, upload.sha256))
+        return Verdict("quarantine", rule="test-refusal")
+
+    proxy = proxy_factory(screen=refuse)
+    s3 = proxy.client()
+    data = os.urandom(1000)
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.put_object(Bucket=CLIENT_BUCKET, Key="flagged.png", Body=data)
+    assert error_code(info) == "AccessDenied"
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert seen == [("flagged.png", 1000, hashlib.sha256(data).hexdigest())]
+
+    parts = [os.urandom(5 * MIB), os.urandom(1000)]
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        _multipart(s3, "flagged.mp4", parts)
+    assert error_code(info) == "AccessDenied"
+    assert seen[-1] == ("flagged.mp4", len(b"".join(parts)), hashlib.sha256(b"".join(parts)).hexdigest())
+    assert proxy.upstream_keys() == []
+    assert proxy.upstream.multipart_uploads(proxy.real_bucket) == []
+
+    # The empty health-check object passes without the screen.
+    s3.put_object(Bucket=CLIENT_BUCKET, Key="health-check", Body=b"")
+    assert proxy.upstream_keys() == ["health-check"]
+    assert len(seen) == 2
+
+
+def test_refuse_verdict_is_slowdown(proxy_factory) -> None:
+    async def unavailable(upload: Upload) -> Verdict:
+        return Verdict("refuse")
+
+    proxy = proxy_factory(screen=unavailable)
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        proxy.client().put_object(Bucket=CLIENT_BUCKET, Key="later.png", Body=b"123")
+    assert error_code(info) == "SlowDown"
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+    assert proxy.upstream_keys() == []
+
+
+def test_health_ready_metrics(proxy) -> None:
+    assert httpx.get(f"{proxy.endpoint}/healthz").status_code == 200
+    assert httpx.get(f"{proxy.endpoint}/readyz").status_code == 200
+    proxy.client().put_object(Bucket=CLIENT_BUCKET, Key="m.png", Body=b"abc")
+    text = httpx.get(f"{proxy.endpoint}/metrics").text
+    assert 'bucketguard_requests_total{operation="PutObject",status="200"} 1.0' in text
+    assert 'bucketguard_uploads_screened_total{action="allow"} 1.0' in text
+    assert "bucketguard_request_seconds_bucket" in text
