@@ -21,6 +21,8 @@ class ProxyMetrics:
                                        ["operation"], registry=r)
         self.screened = Counter("bucketguard_uploads_screened", "Uploads screened, by verdict action", ["action"],
                                 registry=r)
+        self.chunked_bodies = Counter("bucketguard_aws_chunked_bodies", "aws-chunked request bodies decoded",
+                                      ["payload"], registry=r)
         self.uploads_in_flight = Gauge("bucketguard_uploads_in_flight", "Uploads being screened now", registry=r)
 
     def render(self) -> bytes:

@@ -165,6 +165,8 @@ class Operations:
                                memory_limit=limits.memory_buffer_bytes, spool_dir=limits.spool_dir or None,
                                timeout_s=limits.client_body_timeout_s)
         self.metrics.bytes_in.inc(body.size)
+        if call.auth.streaming:
+            self.metrics.chunked_bodies.labels(call.auth.payload).inc()
         return body
 
     async def _screen(self, upload: Upload) -> Verdict:

@@ -145,6 +145,6 @@ def test_complete_with_wrong_etag_or_unknown_upload(proxy) -> None:
 def test_malformed_complete_body(proxy) -> None:
     pictrs = PictrsClient(proxy.endpoint, CLIENT_BUCKET, PICTRS_KEY, CLIENTS[PICTRS_KEY], path_style=True)
     upload_id = pictrs.create_multipart("x.mp4", "video/mp4")
-    response = pictrs._send("POST", "x.mp4", query=f"uploadId={upload_id}",
-                            body=b'<!DOCTYPE a [<!ENTITY b "c">]><CompleteMultipartUpload>&b;</CompleteMultipartUpload>')
+    entity_bomb = b'<!DOCTYPE a [<!ENTITY b "c">]><CompleteMultipartUpload>&b;</CompleteMultipartUpload>'
+    response = pictrs._send("POST", "x.mp4", query=f"uploadId={upload_id}", body=entity_bomb)
     assert response.status_code == 400 and xml_code(response) == "MalformedXML"

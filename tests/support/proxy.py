@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -111,15 +112,19 @@ class RunningProxy:
                 self.process.wait()
 
 
+def ssl_context(cafile: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(cafile))
+
+
 def wait_healthy(endpoint: str, process: subprocess.Popen | None = None, timeout: float = 30.0,
-                 log: Path | None = None) -> None:
+                 log: Path | None = None, verify: ssl.SSLContext | bool = True) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             output = log.read_text() if log and log.exists() else ""
             raise RuntimeError(f"proxy exited with {process.returncode}:\n{output}")
         try:
-            if httpx.get(f"{endpoint}/healthz", timeout=2).status_code == 200:
+            if httpx.get(f"{endpoint}/healthz", timeout=2, verify=verify).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
@@ -128,16 +133,18 @@ def wait_healthy(endpoint: str, process: subprocess.Popen | None = None, timeout
 
 
 def start_in_process(config: Config, upstream: S3Server, real_bucket: str, config_path: Path,
-                     screen: Screen | None = None, app: Any = None) -> RunningProxy:
-    """uvicorn in a background thread, so a test can plug in its own screen or app."""
+                     screen: Screen | None = None, app: Any = None,
+                     tls: tuple[Path, Path] | None = None) -> RunningProxy:
+    """uvicorn in a background thread, so a test can plug in its own screen or app (optionally over TLS)."""
     port = free_port()
     app = app if app is not None else create_app(config, screen=screen)
+    ssl = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, lifespan="on"))
+                                           access_log=False, lifespan="on", **ssl))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    wait_healthy(endpoint)
+    endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    wait_healthy(endpoint, verify=ssl_context(tls[0]) if tls else True)
 
     def stop() -> None:
         server.should_exit = True
@@ -177,7 +184,7 @@ def proxy_factory(moto_server: S3Server,
 
     def start(*, screen: Screen | None = None, limits: str = "", extra: str = "", subprocess: bool = False,
               upstream: S3Server | None = None, real_bucket: str | None = None,
-              config_path: Path | None = None) -> RunningProxy:
+              config_path: Path | None = None, tls: tuple[Path, Path] | None = None) -> RunningProxy:
         upstream = upstream or moto_server
         real_bucket = real_bucket or new_bucket(upstream)
         if config_path is None:
@@ -187,7 +194,7 @@ def proxy_factory(moto_server: S3Server,
             running = start_subprocess(config_path, upstream, real_bucket)
         else:
             running = start_in_process(load_config(config_path), upstream, real_bucket, config_path,
-                                       screen=screen)
+                                       screen=screen, tls=tls)
         started.append(running)
         return running
 
