@@ -1,0 +1,171 @@
+"""`bucketguard demo`: a real S3 server on loopback, the proxy in front of it, and a few pict-rs uploads."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import secrets
+import threading
+import time
+from pathlib import Path
+
+from proxy.cli import CommandError
+
+DEMO_BUCKET = "pictrs"
+REAL_BUCKET = "pictrs-media"
+ACCESS_KEY = "pictrs"
+#: The throw-away S3 server accepts any credentials; these only have to be the same on both sides.
+UPSTREAM_KEY = UPSTREAM_SECRET = "demo"  # noqa: S105 - not a secret: a loopback test server
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="try it: an S3 server, the proxy in front, and a few uploads as pict-rs sends them",
+        description=("Start a real S3 server on loopback (moto) as the upstream, the proxy in front of it with "
+                     "the embedded defaults (SQLite, local quarantine folder, in-process detectors when a pack "
+                     "is built), upload a few images the way pict-rs does, and print what happened."))
+    parser.add_argument("--keep", action="store_true",
+                        help="keep both servers running so you can point aws, rclone or pict-rs at them")
+    parser.add_argument("--port", type=int, default=9000, help="proxy port (default 9000; 0 picks a free one)")
+    parser.add_argument("--dir", default="bucketguard-demo", help="where the demo keeps its config and state")
+    parser.set_defaults(handler=run)
+
+
+def _demo_images() -> list[tuple[str, bytes, str]]:
+    from PIL import Image, ImageDraw
+
+    images = []
+    for index, (fmt, mime, ext) in enumerate([("JPEG", "image/jpeg", "jpg"), ("PNG", "image/png", "png"),
+                                               ("WEBP", "image/webp", "webp")]):
+        image = Image.new("RGB", (640, 480), (30 + 60 * index, 90, 160))
+        draw = ImageDraw.Draw(image)
+        for step in range(0, 640, 40):
+            draw.line([(step, 0), (640 - step, 480)], fill=(255, 200 - 5 * index, step % 255), width=3)
+        buffer = io.BytesIO()
+        image.save(buffer, fmt)
+        key = f"demo/{secrets.token_hex(6)}.{ext}"
+        images.append((key, buffer.getvalue(), mime))
+    return images
+
+
+def _write_config(folder: Path, s3_endpoint: str, port: int, secret: str) -> Path:
+    config = folder / "bucketguard.toml"
+    packs = folder / "packs" / "nsfw-age"
+    inference = f'mode = "in-process"\npacks = ["{packs}"]' if (packs / "manifest.json").exists() else 'mode = "none"'
+    config.write_text(f"""# Written by `bucketguard demo`: a proxy in front of a throw-away S3 server on loopback.
+[server]
+listen = "127.0.0.1:{port}"
+base_domains = ["localhost"]
+log_level = "warning"
+
+[[clients]]
+access_key = "{ACCESS_KEY}"
+secret_key = "{secret}"
+name = "pict-rs"
+
+[upstream]
+endpoint = "{s3_endpoint}"
+access_key = "{UPSTREAM_KEY}"
+secret_key = "{UPSTREAM_SECRET}"
+addressing = "path"
+
+[upstream.buckets]
+{DEMO_BUCKET} = "{REAL_BUCKET}"
+
+[database]
+url = "sqlite+aiosqlite:///bucketguard.db"
+
+[inference]
+{inference}
+
+[quarantine]
+store = "local"
+path = "quarantine"
+""")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import boto3
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        raise CommandError("the demo needs moto's S3 server: pip install 'bucketguard[demo]'") from exc
+    import uvicorn
+    from rich.console import Console
+    from rich.table import Table
+
+    from proxy.app_factory import build_app
+    from proxy.config import load_config
+    from proxy.pictrs_client import PictrsClient, PictrsError
+
+    console = Console()
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
+    folder = Path(args.dir).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    s3.start()
+    host, s3_port = s3.get_host_and_port()
+    s3_endpoint = f"http://{host}:{s3_port}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id=UPSTREAM_KEY,
+                 aws_secret_access_key=UPSTREAM_SECRET).create_bucket(Bucket=REAL_BUCKET)
+
+    port = args.port or _free_port()
+    secret = secrets.token_urlsafe(18)
+    config = load_config(_write_config(folder, s3_endpoint, port, secret))
+    server = uvicorn.Server(uvicorn.Config(build_app(config), host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        _wait_started(server, thread)
+        table = Table(title=f"pict-rs uploads through bucketguard at {endpoint}")
+        for column in ("pict-rs", "key", "type", "bytes", "stored", "read back"):
+            table.add_column(column)
+        labels = {"presigned": "0.4 - 0.5.16", "header": "0.5.17+"}
+        for generation in ("presigned", "header"):
+            client = PictrsClient(endpoint, DEMO_BUCKET, ACCESS_KEY, secret, generation=generation)
+            client.health_check()
+            for key, data, mime in _demo_images():
+                try:
+                    back = client.store(key, data, mime)
+                    stored, read = "landed", "byte-exact" if back == data else "DIFFERENT"
+                except PictrsError as exc:
+                    stored, read = f"refused ({exc.status} {exc.code})", "-"
+                table.add_row(labels[generation], key, mime, str(len(data)), stored, read)
+            client.close()
+        console.print(table)
+        if args.keep:
+            console.print(f"\nbucketguard is listening on [bold]{endpoint}[/bold] in front of the S3 server at "
+                          f"{s3_endpoint}.\n  bucket: {DEMO_BUCKET}   access key: {ACCESS_KEY}   secret key: {secret}"
+                          f"   region: us-east-1\n  config: {folder / 'bucketguard.toml'}\n"
+                          f"  try: AWS_ACCESS_KEY_ID={ACCESS_KEY} AWS_SECRET_ACCESS_KEY={secret} "
+                          f"aws --endpoint-url {endpoint} s3 ls s3://{DEMO_BUCKET}/demo/\nCtrl-C stops both.")
+            while thread.is_alive():
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        s3.stop()
+    return 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_started(server, thread: threading.Thread, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise CommandError("the proxy did not start (is the port already in use? try --port 0)")
+        time.sleep(0.05)
