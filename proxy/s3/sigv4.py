@@ -210,6 +210,8 @@ def verify(
         return _verify_presigned(method, raw_path, raw_query, query, header_map, secrets=secrets, region=region,
                                  now=now, max_skew_s=max_skew_s, max_expires_s=max_expires_s,
                                  session_tokens=session_tokens)
+    if "Signature" in query and "AWSAccessKeyId" in query:
+        raise S3Error("AccessDenied", "Signature version 2 is not supported; sign requests with SigV4.")
     authorization = header_map.get("authorization")
     if not authorization:
         raise S3Error("AccessDenied", "Anonymous access is not allowed; sign requests with SigV4.")
