@@ -88,6 +88,7 @@ class Upstream:
             connect_timeout=self.limits.upstream_connect_timeout_s,
             read_timeout=self.limits.upstream_read_timeout_s,
             retries={"max_attempts": 2, "mode": "standard"},
+            parameter_validation=False,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
