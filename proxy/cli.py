@@ -17,6 +17,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "proxy.commands.serve",
     "proxy.commands.demo",
     "proxy.commands.config",
+    "inference.commands",
     "proxy.commands.quarantine",
     "proxy.commands.evidence",
 )

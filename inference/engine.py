@@ -1,0 +1,133 @@
+"""The in-process inference engine: decode in worker threads, batch frames per detector, merge signals.
+
+`Engine.screen(data, content_type)` is the interface every detector front offers (this engine, the HTTP
+client of the inference service, the pull-mode queue): it returns named signals and never decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from inference.batcher import Batcher
+from inference.detectors import Detector, load_detector
+from inference.media import MediaLimits, decode
+from inference.packs import load_pack
+from inference.runtime import RuntimeOptions
+
+
+@dataclass
+class ScreenResult:
+    signals: dict[str, float]
+    detectors: dict[str, dict[str, float]] = field(default_factory=dict)
+    packs: list[dict[str, str]] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    undecodable: bool = False
+    reason: str = ""
+    frames: int = 0
+    decided_by: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScreenResult:
+        return cls(signals={str(k): float(v) for k, v in data["signals"].items()},
+                   detectors={str(k): {str(a): float(b) for a, b in v.items()}
+                              for k, v in (data.get("detectors") or {}).items()},
+                   packs=list(data.get("packs") or []), timings_ms=dict(data.get("timings_ms") or {}),
+                   undecodable=bool(data.get("undecodable")), reason=str(data.get("reason") or ""),
+                   frames=int(data.get("frames") or 0), decided_by=str(data.get("decided_by") or ""))
+
+    @property
+    def pack_versions(self) -> dict[str, str]:
+        return {p["name"]: p["version"] for p in self.packs}
+
+
+def merge_frames(per_frame: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Signals over frames: the maximum, except `min_*` signals, which take the minimum."""
+    merged: dict[str, float] = {}
+    for signals in per_frame:
+        for name, value in signals.items():
+            if name not in merged:
+                merged[name] = value
+            elif name.startswith("min_"):
+                merged[name] = min(merged[name], value)
+            else:
+                merged[name] = max(merged[name], value)
+    return merged
+
+
+class Engine:
+    def __init__(self, detectors: Sequence[Detector], *, media_limits: MediaLimits | None = None,
+                 max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 256, decode_workers: int = 2) -> None:
+        if not detectors:
+            raise ValueError("an engine needs at least one detector")
+        self.detectors = list(detectors)
+        self.media_limits = media_limits or MediaLimits()
+        self.target_size = max((d.input_size for d in self.detectors), key=lambda s: s[0] * s[1])
+        self._decode_pool = concurrent.futures.ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+        self._infer_pools = [concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"infer-{d.name}")
+                             for d in self.detectors]
+        self.batchers: list[Batcher[Image.Image, dict[str, float]]] = [
+            Batcher(d.run, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, executor=pool)
+            for d, pool in zip(self.detectors, self._infer_pools, strict=True)]
+        self.packs = [{"name": d.pack_name, "version": d.pack_version, "kind": d.name, "provider": d.provider}
+                      for d in self.detectors]
+
+    @classmethod
+    def from_packs(cls, paths: Sequence[str | Path], options: RuntimeOptions | None = None, **kwargs: Any) -> Engine:
+        options = options or RuntimeOptions()
+        return cls([load_detector(load_pack(path), options) for path in paths], **kwargs)
+
+    @classmethod
+    def from_config(cls, config: Any) -> Engine:
+        """From an `[inference]` config section (proxy.config.InferenceConfig)."""
+        options = RuntimeOptions(provider=config.provider, fp16=config.fp16,
+                                 intra_op_threads=config.intra_op_threads)
+        return cls.from_packs(config.packs, options, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                              max_queue=config.max_queue)
+
+    @property
+    def model_runs(self) -> int:
+        return sum(b.stats.batches for b in self.batchers)
+
+    @property
+    def queued(self) -> int:
+        return sum(b.queued for b in self.batchers)
+
+    async def screen(self, data: bytes, content_type: str | None = None) -> ScreenResult:
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        media = await loop.run_in_executor(self._decode_pool, decode, data, content_type, self.media_limits,
+                                           self.target_size)
+        decoded = time.perf_counter()
+        if media.undecodable:
+            return ScreenResult({"undecodable": 1.0}, packs=self.packs, undecodable=True, reason=media.reason,
+                                timings_ms={"decode": round((decoded - started) * 1000, 2), "infer": 0.0,
+                                            "total": round((decoded - started) * 1000, 2)})
+        per_detector: dict[str, dict[str, float]] = {}
+        for detector, batcher in zip(self.detectors, self.batchers, strict=True):
+            results = await asyncio.gather(*(batcher.submit(frame) for frame in media.frames))
+            per_detector[detector.name] = merge_frames(results)
+        done = time.perf_counter()
+        signals = merge_frames(list(per_detector.values()))
+        signals["undecodable"] = 0.0
+        signals["frames"] = float(len(media.frames))
+        return ScreenResult(signals, per_detector, self.packs, frames=len(media.frames), timings_ms={
+            "decode": round((decoded - started) * 1000, 2), "infer": round((done - decoded) * 1000, 2),
+            "total": round((done - started) * 1000, 2)})
+
+    async def close(self) -> None:
+        for batcher in self.batchers:
+            await batcher.close()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._infer_pools:
+            pool.shutdown(wait=False, cancel_futures=True)
