@@ -3,4 +3,5 @@
 pytest_plugins: list[str] = [
     "tests.support.moto",
     "tests.support.proxy",
+    "tests.support.packs",
 ]
