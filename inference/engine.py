@@ -14,11 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from inference.batcher import Batcher
 from inference.detectors import Detector, load_detector
-from inference.media import MediaLimits, decode
+from inference.media import Media, MediaLimits, decode
 from inference.packs import load_pack
 from inference.runtime import RuntimeOptions
 
@@ -76,8 +74,8 @@ class Engine:
         self._decode_pool = concurrent.futures.ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
         self._infer_pools = [concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"infer-{d.name}")
                              for d in self.detectors]
-        self.batchers: list[Batcher[Image.Image, dict[str, float]]] = [
-            Batcher(d.run, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, executor=pool)
+        self.batchers: list[Batcher[Any, dict[str, float]]] = [
+            Batcher(d.infer, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, executor=pool)
             for d, pool in zip(self.detectors, self._infer_pools, strict=True)]
         self.packs = [{"name": d.pack_name, "version": d.pack_version, "kind": d.name, "provider": d.provider}
                       for d in self.detectors]
@@ -106,16 +104,16 @@ class Engine:
     async def screen(self, data: bytes, content_type: str | None = None) -> ScreenResult:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        media = await loop.run_in_executor(self._decode_pool, decode, data, content_type, self.media_limits,
-                                           self.target_size)
+        media, prepared = await loop.run_in_executor(self._decode_pool, self._decode_and_prepare, data,
+                                                     content_type)
         decoded = time.perf_counter()
         if media.undecodable:
             return ScreenResult({"undecodable": 1.0}, packs=self.packs, undecodable=True, reason=media.reason,
                                 timings_ms={"decode": round((decoded - started) * 1000, 2), "infer": 0.0,
                                             "total": round((decoded - started) * 1000, 2)})
         per_detector: dict[str, dict[str, float]] = {}
-        for detector, batcher in zip(self.detectors, self.batchers, strict=True):
-            results = await asyncio.gather(*(batcher.submit(frame) for frame in media.frames))
+        for detector, batcher, items in zip(self.detectors, self.batchers, prepared, strict=True):
+            results = await asyncio.gather(*(batcher.submit(item) for item in items))
             per_detector[detector.name] = merge_frames(results)
         done = time.perf_counter()
         signals = merge_frames(list(per_detector.values()))
@@ -124,6 +122,13 @@ class Engine:
         return ScreenResult(signals, per_detector, self.packs, frames=len(media.frames), timings_ms={
             "decode": round((decoded - started) * 1000, 2), "infer": round((done - decoded) * 1000, 2),
             "total": round((done - started) * 1000, 2)})
+
+    def _decode_and_prepare(self, data: bytes, content_type: str | None) -> tuple[Media, list[list[Any]]]:
+        """Decoding and each detector's per-frame preprocessing, together in one worker thread."""
+        media = decode(data, content_type, self.media_limits, self.target_size)
+        if media.undecodable:
+            return media, []
+        return media, [[detector.prepare(frame) for frame in media.frames] for detector in self.detectors]
 
     async def close(self) -> None:
         for batcher in self.batchers:

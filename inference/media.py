@@ -58,8 +58,8 @@ def _spread(count: int, wanted: int) -> list[int]:
 
 def _prepare(frame: Image.Image, target: tuple[int, int]) -> Image.Image:
     frame = frame.convert("RGB")
-    # Keep some resolution above the model size for detectors that crop (faces), but bound the memory.
-    limit = max(target) * 4
+    # Keep some resolution above the model size for detectors that crop (faces), but bound the work.
+    limit = max(target) * 2
     if max(frame.size) > limit:
         frame.thumbnail((limit, limit), Image.Resampling.BILINEAR)
     return frame
@@ -75,7 +75,7 @@ def decode_image(data: bytes, limits: MediaLimits, target: tuple[int, int]) -> M
                 return Media(undecodable=True, reason=f"{width}x{height} exceeds {limits.max_pixels} pixels")
             frames_total = getattr(image, "n_frames", 1)
             if image.format == "JPEG":
-                image.draft("RGB", (max(target) * 4, max(target) * 4))
+                image.draft("RGB", (max(target) * 2, max(target) * 2))
             if frames_total <= 1:
                 image.load()
                 frame = ImageOps.exif_transpose(image)

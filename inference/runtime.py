@@ -60,6 +60,9 @@ def create_session(path: Path, options: RuntimeOptions) -> tuple[Any, str]:
     if options.inter_op_threads:
         settings.inter_op_num_threads = options.inter_op_threads
     settings.log_severity_level = 3
+    # Busy-waiting worker threads would take the CPU from the decode threads running beside them.
+    settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    settings.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = requested_providers(options.provider, available)
     model = model_variant(path, options, CUDA in providers)
     session = ort.InferenceSession(str(model), sess_options=settings, providers=providers)

@@ -165,7 +165,7 @@ def test_exif_orientation_and_draft() -> None:
     media = decode(encoded(image, exif=exif), None, MediaLimits(), (224, 224))
     assert media.frames[0].size == (200, 400)
     big = decode(encoded(photo("astronaut").resize((2000, 2000))), "image/jpeg", MediaLimits(), (224, 224))
-    assert max(big.frames[0].size) <= 224 * 4 and big.width == 2000
+    assert max(big.frames[0].size) <= 224 * 2 and big.width == 2000
 
 
 def test_animation_and_video_are_sampled() -> None:

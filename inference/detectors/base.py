@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -18,8 +18,16 @@ class Detector(Protocol):
     #: The size decoding should aim for (JPEG draft), as (width, height).
     input_size: tuple[int, int]
 
+    def prepare(self, frame: Image.Image) -> Any:
+        """Per-frame preprocessing (resize, crop, to array): runs in the decode threads, in parallel."""
+        ...
+
+    def infer(self, prepared: list[Any]) -> list[dict[str, float]]:
+        """One signals dict per prepared frame, computed in as few model calls as possible."""
+        ...
+
     def run(self, frames: list[Image.Image]) -> list[dict[str, float]]:
-        """One signals dict per frame, computed in as few model calls as possible."""
+        """prepare + infer, for callers without a batcher."""
         ...
 
 

@@ -28,15 +28,20 @@ class ClipConceptsDetector:
         self.words = words
         self.run([Image.new("RGB", self.input_size)])  # warm-up
 
-    def similarities(self, frames: list[Image.Image]) -> np.ndarray:
-        crops = [resize_center_crop(frame.convert("RGB"), self.input_size) for frame in frames]
-        features = self.session.run([self.spec.outputs[0]], {self.spec.input: to_tensor(crops, self.spec)})[0]
+    def prepare(self, frame: Image.Image) -> np.ndarray:
+        return to_tensor([resize_center_crop(frame.convert("RGB"), self.input_size)], self.spec)[0]
+
+    def similarities(self, prepared: list[np.ndarray]) -> np.ndarray:
+        features = self.session.run([self.spec.outputs[0]], {self.spec.input: np.stack(prepared)})[0]
         features = features / np.linalg.norm(features, axis=1, keepdims=True)
         return features @ self.table.T
 
     def run(self, frames: list[Image.Image]) -> list[dict[str, float]]:
+        return self.infer([self.prepare(frame) for frame in frames])
+
+    def infer(self, prepared: list[np.ndarray]) -> list[dict[str, float]]:
         out = []
-        for row in self.similarities(frames):
+        for row in self.similarities(prepared):
             decision = concepts.evaluate(self.rules, dict(zip(self.words, (float(v) for v in row), strict=True)))
             out.append(concepts.signals(decision))
         return out

@@ -12,6 +12,7 @@ The age model's accuracy on children is not measured here: treat `p_minor` as a 
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -55,6 +56,14 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
     return keep
 
 
+@dataclass(frozen=True)
+class Prepared:
+    nsfw: np.ndarray
+    parts: np.ndarray
+    back_scale: float
+    frame: Image.Image  # kept for the face crops
+
+
 class NsfwAgeDetector:
     def __init__(self, pack: Pack, options: RuntimeOptions) -> None:
         self.name = pack.kind
@@ -68,35 +77,31 @@ class NsfwAgeDetector:
         self.age_weights[0] = 0.25
         self.run([Image.new("RGB", (64, 64))])  # warm-up
 
-    # ---- the three models ------------------------------------------------------------------------------
+    # ---- per frame, in the decode threads ---------------------------------------------------------------
 
-    def _nsfw(self, frames: list[Image.Image]) -> np.ndarray:
-        """open_nsfw's reference input: 256x256 bilinear, centre 224 crop, a JPEG round trip, BGR minus mean."""
-        crops = []
-        for frame in frames:
-            image = frame.resize((256, 256), Image.Resampling.BILINEAR).crop((16, 16, 240, 240))
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG")
-            buffer.seek(0)
-            crops.append(Image.open(buffer).convert("RGB"))
-        spec = self.nsfw_spec
-        output = self.nsfw_session.run([spec.outputs[0]], {spec.input: to_tensor(crops, spec)})[0]
-        return output[:, 1]
-
-    def _letterbox(self, frame: Image.Image) -> tuple[Image.Image, float]:
-        """Pad to a square at the bottom/right (as NudeNet does), resize to 320; returns the scale back."""
+    def prepare(self, frame: Image.Image) -> Prepared:
+        frame = frame.convert("RGB")
+        # open_nsfw's reference input: 256x256 bilinear, centre 224 crop, a JPEG round trip, BGR minus mean.
+        crop = frame.resize((256, 256), Image.Resampling.BILINEAR).crop((16, 16, 240, 240))
+        buffer = io.BytesIO()
+        crop.save(buffer, format="JPEG")
+        buffer.seek(0)
+        nsfw_input = to_tensor([Image.open(buffer).convert("RGB")], self.nsfw_spec)[0]
+        # NudeNet: pad to a square at the bottom/right, resize to 320.
         side = max(frame.width, frame.height)
         square = Image.new("RGB", (side, side))
         square.paste(frame, (0, 0))
         size = self.parts_spec.size[0]
-        return square.resize((size, size), Image.Resampling.BILINEAR), side / size
+        parts_input = to_tensor([square.resize((size, size), Image.Resampling.BILINEAR)], self.parts_spec)[0]
+        return Prepared(nsfw_input, parts_input, side / size, frame)
 
-    def _parts(self, frames: list[Image.Image]) -> list[list[tuple[str, float, tuple[float, float, float, float]]]]:
-        boxes = [self._letterbox(frame) for frame in frames]
+    # ---- the three models, batched -----------------------------------------------------------------------
+
+    def _parts(self, prepared: list[Prepared]) -> list[list[tuple[str, float, tuple[float, float, float, float]]]]:
         spec = self.parts_spec
-        output = self.parts_session.run([spec.outputs[0]], {spec.input: to_tensor([b[0] for b in boxes], spec)})[0]
+        output = self.parts_session.run([spec.outputs[0]], {spec.input: np.stack([p.parts for p in prepared])})[0]
         results = []
-        for (_image, back), rows in zip(boxes, output, strict=True):
+        for item, rows in zip(prepared, output, strict=True):
             rows = rows.T  # [anchors, 4 + classes]
             scores = rows[:, 4:]
             best = scores.max(axis=1)
@@ -106,7 +111,7 @@ class NsfwAgeDetector:
                 continue
             rows, classes, best = rows[mask], scores[mask].argmax(axis=1), best[mask]
             xywh = np.stack([rows[:, 0] - rows[:, 2] / 2, rows[:, 1] - rows[:, 3] / 2, rows[:, 2], rows[:, 3]],
-                            axis=1) * back
+                            axis=1) * item.back_scale
             found = []
             for index in _nms(xywh, best, NMS_IOU):
                 found.append((NUDENET_CLASSES[int(classes[index])], float(best[index]),
@@ -128,16 +133,19 @@ class NsfwAgeDetector:
     # ---- signals ---------------------------------------------------------------------------------------
 
     def run(self, frames: list[Image.Image]) -> list[dict[str, float]]:
-        frames = [frame.convert("RGB") for frame in frames]
-        nsfw = self._nsfw(frames)
-        parts = self._parts(frames)
+        return self.infer([self.prepare(frame) for frame in frames])
+
+    def infer(self, prepared: list[Prepared]) -> list[dict[str, float]]:
+        spec = self.nsfw_spec
+        nsfw = self.nsfw_session.run([spec.outputs[0]], {spec.input: np.stack([p.nsfw for p in prepared])})[0][:, 1]
+        parts = self._parts(prepared)
         face_owner: list[int] = []
         crops: list[Image.Image] = []
-        for index, (frame, found) in enumerate(zip(frames, parts, strict=True)):
+        for index, (item, found) in enumerate(zip(prepared, parts, strict=True)):
             for label, score, box in found:
                 if label in FACE_CLASSES and score >= FACE_THRESHOLD and box[2] >= 8 and box[3] >= 8:
                     face_owner.append(index)
-                    crops.append(self._face_crop(frame, box))
+                    crops.append(self._face_crop(item.frame, box))
         ages = self._ages(crops) if crops else np.zeros((0, 81), dtype=np.float32)
         out = []
         for index, found in enumerate(parts):
