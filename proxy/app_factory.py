@@ -6,7 +6,9 @@ from proxy.config import Config
 from proxy.gateway import Extension, Gateway, create_app
 
 #: Extension factories, each `(config) -> Extension | None`, added as features land.
-EXTENSION_FACTORIES: tuple[str, ...] = ()
+EXTENSION_FACTORIES: tuple[str, ...] = (
+    "proxy.screening_setup.pipeline_extension",
+)
 
 
 def build_app(config: Config) -> Gateway:

@@ -18,6 +18,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "proxy.commands.demo",
     "proxy.commands.config",
     "inference.commands",
+    "proxy.commands.policy",
+    "proxy.commands.testimage",
     "proxy.commands.quarantine",
     "proxy.commands.evidence",
 )

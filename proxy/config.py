@@ -119,6 +119,9 @@ class ScreeningConfig:
     pdq_max_distance: int = 31
     #: Seconds an upload may wait for a verdict before `on_unavailable` applies (pict-rs gives up at 30 s).
     scan_timeout_s: float = 20.0
+    #: Deferred scans: how often an idle worker looks for work, and how long it waits while detectors are away.
+    pending_poll_s: float = 2.0
+    pending_retry_s: float = 5.0
 
 
 @dataclass(frozen=True)

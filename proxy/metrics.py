@@ -23,7 +23,25 @@ class ProxyMetrics:
                                 registry=r)
         self.chunked_bodies = Counter("bucketguard_aws_chunked_bodies", "aws-chunked request bodies decoded",
                                       ["payload"], registry=r)
+        self.verdicts = Counter("bucketguard_verdicts", "Screening verdicts by action and rule", ["action", "rule"],
+                                registry=r)
+        self.decided_at = Counter("bucketguard_verdict_steps", "Which pipeline step decided", ["step"], registry=r)
+        self.cache = Counter("bucketguard_verdict_cache", "Verdict cache lookups that reached it", ["result"],
+                             registry=r)
+        self.screen_latency = Histogram("bucketguard_screen_seconds", "Time to a verdict, by deciding step",
+                                        ["step"], buckets=LATENCY_BUCKETS, registry=r)
+        self.pending = Gauge("bucketguard_pending_scans", "Uploads landed unscanned, waiting for the detectors",
+                             registry=r)
         self.uploads_in_flight = Gauge("bucketguard_uploads_in_flight", "Uploads being screened now", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def record_decision(self, decision: object, seconds: float | None) -> None:
+        step = getattr(decision, "step", "")
+        self.verdicts.labels(getattr(decision, "action", ""), getattr(decision, "rule", "")).inc()
+        self.decided_at.labels(step).inc()
+        if step in ("cache", "detectors"):
+            self.cache.labels("hit" if step == "cache" else "miss").inc()
+        if seconds is not None:
+            self.screen_latency.labels(step).observe(seconds)

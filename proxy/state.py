@@ -22,6 +22,8 @@ MIGRATION_MODULES: tuple[str, ...] = (
     "proxy.multipart_state",
     "proxy.evidence",
     "proxy.quarantine",
+    "proxy.verdict_cache",
+    "proxy.pending",
 )
 
 schema_migrations = Table(

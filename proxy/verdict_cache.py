@@ -1,0 +1,86 @@
+"""The verdict cache: what the detectors said about exact bytes (by SHA-256), so they are scanned once.
+
+It keeps signals, not actions: a policy change re-evaluates cached signals without running the models
+again, and an entry made by other packs than the current ones is scanned again. `allowed_hashes` is the
+operator's allow list in the database (a released false positive lands there, bound to its SHA-256).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from sqlalchemy import Boolean, Column, String, Table, Text, select
+from sqlalchemy.exc import IntegrityError
+
+from proxy.state import Database, Migration, create_tables, metadata, now_text
+
+verdict_cache = Table(
+    "verdict_cache",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("packs_json", Text, nullable=False),
+    Column("signals_json", Text, nullable=False),
+    Column("pdq", String(64), nullable=False, default=""),
+    Column("undecodable", Boolean, nullable=False, default=False),
+    Column("media", Boolean, nullable=False, default=True),
+    Column("updated_at", String(40), nullable=False),
+)
+
+allowed_hashes = Table(
+    "allowed_hashes",
+    metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("reason", Text, nullable=False, default=""),
+    Column("added_by", String(255), nullable=False, default=""),
+    Column("added_at", String(40), nullable=False),
+)
+
+MIGRATIONS = [Migration("verdict-cache-0001", create_tables(verdict_cache, allowed_hashes))]
+
+
+@dataclass(frozen=True)
+class CachedScan:
+    packs: dict[str, str]
+    signals: dict[str, float]
+    pdq: str
+    undecodable: bool
+    media: bool
+
+
+class VerdictCache:
+    def __init__(self, db: Database) -> None:
+        self._engine = db.engine
+
+    async def get(self, sha256: str) -> CachedScan | None:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(verdict_cache).where(verdict_cache.c.sha256 == sha256))).mappings().first()
+        if row is None:
+            return None
+        return CachedScan(json.loads(row["packs_json"]), json.loads(row["signals_json"]), row["pdq"],
+                          bool(row["undecodable"]), bool(row["media"]))
+
+    async def put(self, sha256: str, scan: CachedScan) -> None:
+        values = {"packs_json": json.dumps(scan.packs, sort_keys=True), "signals_json": json.dumps(scan.signals),
+                  "pdq": scan.pdq, "undecodable": scan.undecodable, "media": scan.media, "updated_at": now_text()}
+        async with self._engine.begin() as conn:
+            result = await conn.execute(verdict_cache.update().where(verdict_cache.c.sha256 == sha256).values(**values))
+            if result.rowcount == 0:
+                try:
+                    async with conn.begin_nested():
+                        await conn.execute(verdict_cache.insert().values(sha256=sha256, **values))
+                except IntegrityError:
+                    pass  # another replica cached the same bytes at the same moment
+
+    async def is_allowed(self, sha256: str) -> bool:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(select(allowed_hashes.c.sha256).where(allowed_hashes.c.sha256 == sha256))).first()
+        return row is not None
+
+    async def allow(self, sha256: str, *, reason: str, added_by: str) -> None:
+        async with self._engine.begin() as conn:
+            exists = (await conn.execute(select(allowed_hashes.c.sha256).where(
+                allowed_hashes.c.sha256 == sha256))).first()
+            if exists is None:
+                await conn.execute(allowed_hashes.insert().values(sha256=sha256, reason=reason, added_by=added_by,
+                                                                  added_at=now_text()))
