@@ -20,7 +20,7 @@ RULE = "builtin-test-image"
 
 
 @functools.cache
-def test_image_png() -> bytes:
+def generate_png() -> bytes:
     image = Image.new("RGB", (WIDTH, HEIGHT), (250, 250, 245))
     draw = ImageDraw.Draw(image)
     # A bold, asymmetric pattern: PDQ needs large-scale structure, not fine detail.
@@ -41,7 +41,7 @@ def test_image_png() -> bytes:
 @functools.cache
 def builtin_hashes() -> tuple[str, str, str]:
     """(sha256, md5, pdq) of the test image."""
-    data = test_image_png()
+    data = generate_png()
     hashes = hash_bytes(data)
     pdq = pdq_hash(data)
     assert pdq is not None

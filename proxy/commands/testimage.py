@@ -19,9 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from proxy.testimage import builtin_hashes, test_image_png
+    from proxy.testimage import builtin_hashes, generate_png
 
-    data = test_image_png()
+    data = generate_png()
     if args.out:
         Path(args.out).write_bytes(data)
         sha256, _, pdq = builtin_hashes()

@@ -20,6 +20,7 @@ import pytest
 import uvicorn
 from botocore.config import Config as BotoConfig
 
+from proxy.app_factory import build_app
 from proxy.config import Config, load_config
 from proxy.gateway import create_app
 from proxy.screening import Screen
@@ -32,13 +33,15 @@ PICTRS_KEY = "pictrs-key"
 
 
 def write_config(tmp: Path, upstream: S3Server, real_bucket: str, *, port: int = 0, extra: str = "",
-                 limits: str = "", database: Path | None = None) -> Path:
+                 limits: str = "", database: Path | None = None, inference: str = 'mode = "none"',
+                 screening: str = "", server: str = "") -> Path:
     clients = "".join(f'[[clients]]\naccess_key = "{k}"\nsecret_key = "{s}"\n' for k, s in CLIENTS.items())
     text = f"""
 [server]
 listen = "127.0.0.1:{port}"
 base_domains = ["localhost"]
 log_level = "warning"
+{server}
 
 {clients}
 [upstream]
@@ -59,7 +62,10 @@ max_clock_skew_s = 900
 url = "sqlite+aiosqlite:///{database or (tmp / 'state.db')}"
 
 [inference]
-mode = "none"
+{inference}
+
+[screening]
+{screening}
 
 [quarantine]
 path = "{tmp / 'quarantine'}"
@@ -184,17 +190,19 @@ def proxy_factory(moto_server: S3Server,
 
     def start(*, screen: Screen | None = None, limits: str = "", extra: str = "", subprocess: bool = False,
               upstream: S3Server | None = None, real_bucket: str | None = None,
-              config_path: Path | None = None, tls: tuple[Path, Path] | None = None) -> RunningProxy:
+              config_path: Path | None = None, tls: tuple[Path, Path] | None = None,
+              pipeline: bool = False, **config_sections: str) -> RunningProxy:
         upstream = upstream or moto_server
         real_bucket = real_bucket or new_bucket(upstream)
         if config_path is None:
             tmp = tmp_path_factory.mktemp("proxy")
-            config_path = write_config(tmp, upstream, real_bucket, extra=extra, limits=limits)
+            config_path = write_config(tmp, upstream, real_bucket, extra=extra, limits=limits, **config_sections)
         if subprocess:
             running = start_subprocess(config_path, upstream, real_bucket)
         else:
-            running = start_in_process(load_config(config_path), upstream, real_bucket, config_path,
-                                       screen=screen, tls=tls)
+            config = load_config(config_path)
+            app = build_app(config) if pipeline else None
+            running = start_in_process(config, upstream, real_bucket, config_path, screen=screen, tls=tls, app=app)
         started.append(running)
         return running
 
