@@ -70,4 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run through the imported module, so that `python -m proxy.cli` and the command modules share one
+    # CommandError class (under -m this file is also loaded as __main__, a second copy).
+    from proxy.cli import main as _main
+
+    sys.exit(_main())
