@@ -105,8 +105,9 @@ class Pipeline:
     async def decide(self, body: SpooledBody, content_type: str, *, allow_defer: bool = True) -> Decision:
         hashes = Hashes(body.sha256, body.md5)
         version = self.policy.version
+        db_allowed, cached = await self.cache.lookup(hashes.sha256) if self.cache is not None else (False, None)
         allowed = self.hashlists.allowed(hashes)
-        if allowed is None and self.cache is not None and await self.cache.is_allowed(hashes.sha256):
+        if allowed is None and db_allowed:
             allowed = Match("database", "sha256", hashes.sha256, "released")
         if allowed is not None:
             return Decision("allow", f"allowlist:{allowed.list_name}", "", "allowlist", "exact SHA-256 allowed",
@@ -115,9 +116,12 @@ class Pipeline:
         if exact is not None:
             return self._list_decision(exact, "blocklist" if exact.list_name != self.test_list.name else "testimage",
                                        hashes, "")
-        cached = await self.cache.get(hashes.sha256) if self.cache is not None else None
-        data = await asyncio.to_thread(body.read_all) if body.size <= MAX_DETECTOR_BYTES else None
-        media = is_media(data[:64] if data is not None else b"", content_type)
+        fresh = cached is None or cached.packs != self.current_packs()
+        data: bytes | None = None
+        if fresh or not cached.pdq:
+            data = await asyncio.to_thread(body.read_all) if body.size <= MAX_DETECTOR_BYTES else None
+        media = cached.media if cached is not None else is_media(data[:64] if data is not None else b"",
+                                                                 content_type)
         pdq: Pdq | None = None
         if cached is not None and cached.pdq:
             pdq = Pdq(cached.pdq, 100)
@@ -133,25 +137,24 @@ class Pipeline:
         if not media:
             decided = self.policy.decide({}, media=False)
             return Decision(decided.action, decided.rule, decided.category, "policy", decided.reason, **base)
+        if not fresh and cached is not None:
+            decided = self.policy.decide(cached.signals, undecodable=cached.undecodable)
+            return Decision(decided.action, decided.rule, decided.category, "cache", decided.reason,
+                            dict(cached.signals), packs=cached.packs, decided_by="cache", **base)
         if data is None:
             decided = self.policy.decide({"undecodable": 1.0}, undecodable=True)
             return Decision(decided.action, decided.rule, decided.category, "policy",
                             f"over {MAX_DETECTOR_BYTES} bytes: too large to screen", {"undecodable": 1.0}, **base)
-        step = "cache"
-        if cached is not None and cached.packs == self.current_packs():
-            signals, undecodable, packs, decided_by = cached.signals, cached.undecodable, cached.packs, "cache"
-        else:
-            step = "detectors"
-            result = await self._detect(data, content_type)
-            if result is None:
-                return self._unavailable(allow_defer, base)
-            signals, undecodable = dict(result.signals), bool(result.undecodable)
-            packs, decided_by = result.pack_versions, getattr(result, "decided_by", "") or "detectors"
-            self._packs = packs
-            if self.cache is not None:
-                await self.cache.put(hashes.sha256, CachedScan(packs, signals, pdq_hex, undecodable, True))
+        result = await self._detect(data, content_type)
+        if result is None:
+            return self._unavailable(allow_defer, base)
+        signals, undecodable = dict(result.signals), bool(result.undecodable)
+        packs, decided_by = result.pack_versions, getattr(result, "decided_by", "") or "detectors"
+        self._packs = packs
+        if self.cache is not None:
+            await self.cache.put(hashes.sha256, CachedScan(packs, signals, pdq_hex, undecodable, True))
         decided = self.policy.decide(signals, undecodable=undecodable)
-        return Decision(decided.action, decided.rule, decided.category, step, decided.reason, signals,
+        return Decision(decided.action, decided.rule, decided.category, "detectors", decided.reason, signals,
                         packs=packs, decided_by=decided_by, **base)
 
     def current_packs(self) -> dict[str, str] | None:

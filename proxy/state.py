@@ -64,7 +64,9 @@ class Database:
     def __init__(self, url: str, *, busy_timeout_s: float = 30.0) -> None:
         self.url = url
         connect_args = {"timeout": busy_timeout_s} if url.startswith("sqlite") else {}
-        self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args, pool_pre_ping=True)
+        # pre-ping only where connections cross a network; on SQLite it would double every round trip.
+        self.engine: AsyncEngine = create_async_engine(url, connect_args=connect_args,
+                                                       pool_pre_ping=not url.startswith("sqlite"))
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sqlalchemy import Boolean, Column, String, Table, Text, select
+from sqlalchemy import Boolean, Column, String, Table, Text, literal, literal_column, select
 from sqlalchemy.exc import IntegrityError
 
 from proxy.state import Database, Migration, create_tables, metadata, now_text
@@ -52,13 +52,19 @@ class VerdictCache:
     def __init__(self, db: Database) -> None:
         self._engine = db.engine
 
-    async def get(self, sha256: str) -> CachedScan | None:
+    async def lookup(self, sha256: str) -> tuple[bool, CachedScan | None]:
+        """Whether the operator allowed these bytes, and what the detectors said of them: one query."""
+        allowed = select(allowed_hashes.c.sha256).where(allowed_hashes.c.sha256 == sha256).exists()
+        query = select(allowed.label("allowed"), verdict_cache.c.packs_json, verdict_cache.c.signals_json,
+                       verdict_cache.c.pdq, verdict_cache.c.undecodable, verdict_cache.c.media).select_from(
+            select(literal(sha256).label("sha256")).subquery("probe").outerjoin(
+                verdict_cache, verdict_cache.c.sha256 == literal_column("probe.sha256")))
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(verdict_cache).where(verdict_cache.c.sha256 == sha256))).mappings().first()
-        if row is None:
-            return None
-        return CachedScan(json.loads(row["packs_json"]), json.loads(row["signals_json"]), row["pdq"],
-                          bool(row["undecodable"]), bool(row["media"]))
+            row = (await conn.execute(query)).mappings().one()
+        if row["packs_json"] is None:
+            return bool(row["allowed"]), None
+        return bool(row["allowed"]), CachedScan(json.loads(row["packs_json"]), json.loads(row["signals_json"]),
+                                                row["pdq"], bool(row["undecodable"]), bool(row["media"]))
 
     async def put(self, sha256: str, scan: CachedScan) -> None:
         values = {"packs_json": json.dumps(scan.packs, sort_keys=True), "signals_json": json.dumps(scan.signals),
@@ -71,11 +77,6 @@ class VerdictCache:
                         await conn.execute(verdict_cache.insert().values(sha256=sha256, **values))
                 except IntegrityError:
                     pass  # another replica cached the same bytes at the same moment
-
-    async def is_allowed(self, sha256: str) -> bool:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(select(allowed_hashes.c.sha256).where(allowed_hashes.c.sha256 == sha256))).first()
-        return row is not None
 
     async def allow(self, sha256: str, *, reason: str, added_by: str) -> None:
         async with self._engine.begin() as conn:
