@@ -34,6 +34,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--token", default=os.environ.get("BUCKETGUARD_INFERENCE_TOKEN", ""),
                        help="bearer token clients must send (default: $BUCKETGUARD_INFERENCE_TOKEN)")
     serve.set_defaults(handler=run_serve)
+    worker = modes.add_parser("worker", help="pull jobs from a proxy (for a GPU box behind NAT)",
+                              description="Connect out to a proxy, lease screening jobs, post signals back.")
+    add_engine_options(worker)
+    worker.add_argument("--proxy", required=True, help="the proxy's base URL, e.g. https://media-guard.example.org")
+    worker.add_argument("--token", default=os.environ.get("BUCKETGUARD_WORKER_TOKEN", ""),
+                        help="this worker's token (server.worker_tokens; default: $BUCKETGUARD_WORKER_TOKEN)")
+    worker.add_argument("--batch", type=int, default=8, help="jobs leased at once")
+    worker.add_argument("--pause-s", type=float, default=0.0,
+                        help="pause before each job, to keep a desktop responsive (default 0)")
+    worker.set_defaults(handler=run_worker)
 
 
 def add_engine_options(parser: argparse.ArgumentParser) -> None:
@@ -132,4 +142,31 @@ def run_serve(args: argparse.Namespace) -> int:
     app = create_inference_app(engine, args.token)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                 loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio")
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from inference.worker import PullWorker
+
+    if not args.token:
+        raise CommandError("a worker token is required: --token or BUCKETGUARD_WORKER_TOKEN")
+    engine = build_engine(args)
+    for pack in engine.packs:
+        print(f"pack {pack['name']} {pack['version']} ({pack['kind']}) runs on {pack['provider']}", flush=True)
+
+    async def main() -> None:
+        worker = PullWorker(engine, args.proxy, args.token, batch=args.batch, pause_s=args.pause_s)
+        try:
+            await worker.run_forever()
+        except PermissionError as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            await worker.close()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        return 130
     return 0

@@ -109,6 +109,8 @@ class InferenceConfig:
     max_queue: int = 256
     timeout_s: float = 20.0
     retries: int = 1
+    #: Pull mode: seconds a worker holds a job before another worker may take it.
+    lease_s: float = 30.0
 
 
 @dataclass(frozen=True)

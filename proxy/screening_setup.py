@@ -45,7 +45,7 @@ def build_detectors(config: Config) -> tuple[Any, Callable[[], Awaitable[None]] 
         client = InferenceClient(config.inference.endpoints, config.inference.token,
                                  timeout_s=config.inference.timeout_s, retries=config.inference.retries)
         return client, client.close
-    raise ValueError(f"inference.mode {mode!r} is served by the pull-mode extension")
+    raise ValueError(f"inference.mode {mode!r} needs the database: it is built in pipeline_extension")
 
 
 def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
@@ -57,7 +57,16 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
         from proxy.quarantine import Quarantine
         from proxy.quarantine_store import open_store
 
-        detectors, close_detectors = state.extras.get("detectors") or build_detectors(config)
+        routes: list[Route] = []
+        if config.inference.mode == "pull":
+            from proxy.jobs import JobQueue, PullDetectors, job_routes
+
+            queue = JobQueue(state.db, lease_s=config.inference.lease_s)
+            detectors, close_detectors = PullDetectors(queue), None
+            routes.extend(job_routes(queue, config.server.worker_tokens))
+            state.extras["jobs"] = queue
+        else:
+            detectors, close_detectors = build_detectors(config)
         store = open_store(config.quarantine)
         quarantine = Quarantine(state.db.engine, store, retention_days=config.quarantine.retention_days)
         pending = PendingScans(state.db)
@@ -77,7 +86,8 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
                 await close_detectors()
             await store.close()
 
-        return [Route("/validate", validate_endpoint(config, pipeline), methods=["POST"])], cleanup
+        routes.append(Route("/validate", validate_endpoint(config, pipeline), methods=["POST"]))
+        return routes, cleanup
 
     return install
 

@@ -24,6 +24,7 @@ MIGRATION_MODULES: tuple[str, ...] = (
     "proxy.quarantine",
     "proxy.verdict_cache",
     "proxy.pending",
+    "proxy.jobs",
 )
 
 schema_migrations = Table(
