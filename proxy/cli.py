@@ -20,6 +20,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "inference.commands",
     "proxy.commands.policy",
     "proxy.commands.testimage",
+    "proxy.commands.screen",
+    "proxy.commands.scan",
     "proxy.commands.quarantine",
     "proxy.commands.evidence",
 )

@@ -25,6 +25,7 @@ MIGRATION_MODULES: tuple[str, ...] = (
     "proxy.verdict_cache",
     "proxy.pending",
     "proxy.jobs",
+    "proxy.backfill",
 )
 
 schema_migrations = Table(
