@@ -140,6 +140,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="export the records without the bytes (for purged or rejected items)")
     export.set_defaults(handler=run_export)
 
+    release = actions.add_parser("release", help="restore a false positive to its key and allow its SHA-256")
+    release.add_argument("item_id", metavar="ID")
+    release.set_defaults(handler=run_release)
+    confirm = actions.add_parser("confirm", help="mark an item reviewed as real")
+    confirm.add_argument("item_id", metavar="ID")
+    confirm.set_defaults(handler=run_confirm)
+
     for action_parser in actions.choices.values():
         add_config_option(action_parser)
         if action_parser not in (listing, show):
@@ -258,4 +265,31 @@ def run_export(args: argparse.Namespace) -> int:
     record = run_with_quarantine(args, lambda q: export_item(
         q, args.item_id, out, actor=args.actor, record_only=args.record_only))
     print(f"{args.item_id}: exported to {out} (evidence record {record['seq']})")
+    return 0
+
+
+def run_release(args: argparse.Namespace) -> int:
+    from proxy.review import release
+
+    config = load_config(args.config)
+
+    async def action(quarantine):
+        from proxy.state import Database
+
+        db = Database(config.database.url)
+        try:
+            return await release(quarantine, config, db, args.item_id, actor=args.actor)
+        finally:
+            await db.close()
+
+    record = run_with_quarantine(args, action)
+    print(f"{args.item_id}: released to its original key and allow-listed (evidence record {record['seq']})")
+    return 0
+
+
+def run_confirm(args: argparse.Namespace) -> int:
+    from proxy.review import confirm
+
+    record = run_with_quarantine(args, lambda q: confirm(q, args.item_id, actor=args.actor))
+    print(f"{args.item_id}: confirmed as real (evidence record {record['seq']})")
     return 0
