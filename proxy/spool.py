@@ -27,7 +27,7 @@ class SpooledBody:
         self._memory_limit = memory_limit
         self._max_bytes = max_bytes
         self._spool_dir = spool_dir or None
-        self._memory = bytearray()
+        self._memory: bytearray | bytes = bytearray()
         self._file: BinaryIO | None = None
         self._size = 0
         self._sha256 = hashlib.sha256()
@@ -98,7 +98,9 @@ class SpooledBody:
     def reader(self) -> BinaryIO:
         """A seekable binary file positioned at 0 (shares the spool file; read it, don't close it)."""
         if self._file is None:
-            return io.BytesIO(bytes(self._memory))
+            # Freeze the buffer once; BytesIO over bytes shares it instead of holding a second copy.
+            self._memory = bytes(self._memory)
+            return io.BytesIO(self._memory)
         self._file.flush()
         self._file.seek(0)
         return self._file
@@ -106,7 +108,8 @@ class SpooledBody:
     def read_all(self) -> bytes:
         """The whole body in memory: for bodies known to be small (XML documents, thumbnails)."""
         if self._file is None:
-            return bytes(self._memory)
+            self._memory = bytes(self._memory)
+            return self._memory
         self._file.flush()
         self._file.seek(0)
         return self._file.read()
