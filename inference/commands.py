@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--out", required=True, help="folder to write the pack to (replaced if it exists)")
     build.add_argument("--model", default="ViT-L-14", help="open_clip model name (clip only)")
     build.add_argument("--pretrained", default="openai", help="open_clip weights tag, or 'none' (clip only)")
+    build.add_argument("--fp16", action="store_true",
+                       help="also write float16 variants of the models, used on CUDA with --fp16 (clip, test)")
     build.set_defaults(handler=run_build)
 
     inference = subparsers.add_parser("inference", help="run the inference service or a pull-mode worker")
@@ -85,9 +87,11 @@ def run_info(args: argparse.Namespace) -> int:
     except PackError as exc:
         raise CommandError(str(exc), status=1) from exc
     console.print(f"[bold]{pack.name}[/bold] version {pack.version} (kind {pack.kind}) at {pack.path}")
-    table = Table("role", "file", "input", "size", "layout", "colour")
+    table = Table("role", "file", "input", "outputs", "size", "layout", "colour", "scale", "mean", "std", "fp16")
     for role, spec in pack.models.items():
-        table.add_row(role, spec.file, spec.input, f"{spec.size[0]}x{spec.size[1]}", spec.layout, spec.colour)
+        table.add_row(role, spec.file, spec.input, ", ".join(spec.outputs), f"{spec.size[0]}x{spec.size[1]}",
+                      spec.layout, spec.colour, f"{spec.scale:g}", " ".join(f"{v:g}" for v in spec.mean),
+                      " ".join(f"{v:g}" for v in spec.std), spec.fp16_file or "-")
     console.print(table)
     files = Table("file", "sha256", "licence")
     for name, digest in sorted(pack.files.items()):
@@ -101,8 +105,11 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
+    from inference.export.fp16 import Fp16Unavailable
     from inference.export.wheels import WheelError
 
+    if args.fp16 and args.kind == "nsfw-age":
+        raise CommandError("--fp16 is for the clip and test packs; the nsfw-age models run as shipped")
     try:
         if args.kind == "nsfw-age":
             from inference.export.nsfw_age import build
@@ -111,16 +118,18 @@ def run_build(args: argparse.Namespace) -> int:
         elif args.kind == "test":
             from inference.export.test_pack import build
 
-            out = build(args.out)
+            out = build(args.out, fp16=args.fp16)
         else:
             from inference.export.clip import ExportUnavailable, build
 
             try:
-                out = build(args.out, args.model, args.pretrained)
+                out = build(args.out, args.model, args.pretrained, fp16=args.fp16)
             except ExportUnavailable as exc:
                 raise CommandError(str(exc)) from exc
-    except WheelError as exc:
+    except (WheelError, Fp16Unavailable) as exc:
         raise CommandError(str(exc), status=1) from exc
+    except OSError as exc:
+        raise CommandError(f"cannot write the pack to {args.out}: {exc.strerror or exc}", status=1) from exc
     print(f"built {args.kind} pack in {out}")
     return 0
 

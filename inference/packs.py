@@ -40,6 +40,8 @@ class ModelSpec:
     scale: float = 1.0 / 255.0
     mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    #: A float16 copy of `file` (float32 inputs and outputs), used on CUDA when fp16 is asked for.
+    fp16_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,11 @@ class Pack:
             return self.path / self.models[role].file
         except KeyError as exc:
             raise PackError(f"{self.path / MANIFEST}: models.{role} is missing (needed by kind {self.kind!r})") from exc
+
+    def fp16_path(self, role: str) -> Path | None:
+        """The checksummed float16 variant of a model, when the pack has one."""
+        spec = self.models.get(role)
+        return self.path / spec.fp16_file if spec is not None and spec.fp16_file else None
 
     def table_path(self, role: str) -> Path:
         try:
@@ -90,6 +97,7 @@ def _model_spec(role: str, raw: Any, where: Path) -> ModelSpec:
             scale=float(raw.get("scale", 1.0 / 255.0)),
             mean=tuple(float(v) for v in raw.get("mean", (0.0, 0.0, 0.0))),  # type: ignore[arg-type]
             std=tuple(float(v) for v in raw.get("std", (1.0, 1.0, 1.0))),  # type: ignore[arg-type]
+            fp16_file=str(raw["fp16_file"]) if raw.get("fp16_file") else None,
         )
     except KeyError as exc:
         raise PackError(f"{where}: models.{role}.{exc.args[0]} is missing") from exc
@@ -140,6 +148,8 @@ def load_pack(path: str | Path, *, verify: bool = True) -> Pack:
     for role, spec in models.items():
         if spec.file not in files:
             raise PackError(f"{where}: models.{role}.file {spec.file} has no checksum in files")
+        if spec.fp16_file is not None and spec.fp16_file not in files:
+            raise PackError(f"{where}: models.{role}.fp16_file {spec.fp16_file} has no checksum in files")
     for role, table in tables.items():
         if table not in files:
             raise PackError(f"{where}: tables.{role} {table} has no checksum in files")

@@ -22,8 +22,14 @@ class ProviderUnavailable(RuntimeError):
 class RuntimeOptions:
     provider: Provider = "cpu"
     fp16: bool = False
-    intra_op_threads: int = 0
+    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
     inter_op_threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.provider not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"provider must be 'auto', 'cpu' or 'cuda', not {self.provider!r}")
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise ValueError("thread counts must be 0 (default) or positive")
 
 
 def requested_providers(provider: Provider, available: list[str]) -> list[str]:
@@ -34,17 +40,21 @@ def requested_providers(provider: Provider, available: list[str]) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
-def model_variant(path: Path, options: RuntimeOptions, active_cuda: bool) -> Path:
-    """The fp16 variant (`name.fp16.onnx`) when fp16 is asked for on CUDA and the pack has one."""
-    if options.fp16 and active_cuda:
-        candidate = path.with_name(path.stem + ".fp16.onnx")
-        if candidate.is_file():
-            return candidate
-        log.warning("fp16 asked for but %s has no fp16 variant; running fp32", path.name)
+def model_variant(path: Path, options: RuntimeOptions, cuda_requested: bool, fp16_path: Path | None) -> Path:
+    """The pack's float16 variant when fp16 is asked for on CUDA and the pack lists one; else `path`.
+
+    Only a variant named in the pack's manifest (so checksummed) is used, never a file guessed from the name.
+    fp16 on the CPU provider is slower than fp32, so it is ignored there.
+    """
+    if options.fp16 and cuda_requested:
+        if fp16_path is not None:
+            return fp16_path
+        log.warning("fp16 asked for but the pack has no fp16 variant of %s; running fp32 "
+                    "(rebuild the pack with --fp16)", path.name)
     return path
 
 
-def create_session(path: Path, options: RuntimeOptions) -> tuple[Any, str]:
+def create_session(path: Path, options: RuntimeOptions, *, fp16_path: Path | None = None) -> tuple[Any, str]:
     """An InferenceSession and the provider that really runs it (read back after creation)."""
     import onnxruntime as ort
 
@@ -64,9 +74,12 @@ def create_session(path: Path, options: RuntimeOptions) -> tuple[Any, str]:
     settings.add_session_config_entry("session.intra_op.allow_spinning", "0")
     settings.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = requested_providers(options.provider, available)
-    model = model_variant(path, options, CUDA in providers)
+    model = model_variant(path, options, CUDA in providers, fp16_path)
     session = ort.InferenceSession(str(model), sess_options=settings, providers=providers)
     active = session.get_providers()[0]
+    if model != path and active != CUDA:  # the GPU build fell back to the CPU: run the fp32 model there
+        session = ort.InferenceSession(str(path), sess_options=settings, providers=[CPU])
+        model, active = path, CPU
     if options.provider == "cuda" and active != CUDA:
         raise ProviderUnavailable(f"provider 'cuda' was required but ONNX Runtime fell back to {active} "
                                   f"for {path.name} (is CUDA/cuDNN installed and a GPU visible?)")

@@ -18,7 +18,7 @@ class ClipConceptsDetector:
         model_path = pack.model_path("image")
         self.spec = pack.models["image"]
         self.input_size = self.spec.size
-        self.session, self.provider = create_session(model_path, options)
+        self.session, self.provider = create_session(model_path, options, fp16_path=pack.fp16_path("image"))
         self.rules = concepts.ConceptRules.load(pack.table_path("rules"))
         table = np.load(pack.table_path("concepts"), allow_pickle=False).astype(np.float32)
         words = self.rules.words

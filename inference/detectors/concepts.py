@@ -89,11 +89,27 @@ def evaluate(rules: ConceptRules, similarity: dict[str, float]) -> ConceptDecisi
     )
 
 
+#: The signals of a CLIP concept pack, as listed in its manifest.
+SIGNALS = ("clip_csam", "clip_underage", "clip_lewd", "clip_underage_hits", "clip_lewd_hits",
+           "clip_underage_margin", "clip_lewd_margin")
+
+
 def signals(decision: ConceptDecision) -> dict[str, float]:
+    """The decision as named numbers.
+
+    clip_csam: 1.0 when the reference check says underage AND lewd. clip_underage / clip_lewd: the highest
+    margin (similarity minus threshold, after control adjustments) over the group's context thresholds, so
+    > 0 means at least one concept of the group fired. clip_underage_hits / clip_lewd_hits: the reference's
+    hit counts (critical underage hits count three times). clip_*_margin: older names of clip_underage and
+    clip_lewd, kept while policies and tests still use them.
+    """
+    underage, lewd = round(decision.underage_margin, 6), round(decision.lewd_margin, 6)
     return {
         "clip_csam": 1.0 if decision.csam else 0.0,
-        "clip_underage": float(len(decision.underage_hits)),
-        "clip_lewd": float(len(decision.lewd_hits)),
-        "clip_underage_margin": round(decision.underage_margin, 6),
-        "clip_lewd_margin": round(decision.lewd_margin, 6),
+        "clip_underage": underage,
+        "clip_lewd": lewd,
+        "clip_underage_hits": float(len(decision.underage_hits)),
+        "clip_lewd_hits": float(len(decision.lewd_hits)),
+        "clip_underage_margin": underage,
+        "clip_lewd_margin": lewd,
     }

@@ -31,7 +31,8 @@ NUDENET_CLASSES = (
 EXPLICIT_CLASSES = frozenset({"FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED",
                               "ANUS_EXPOSED", "BUTTOCKS_EXPOSED"})
 FACE_CLASSES = frozenset({"FACE_FEMALE", "FACE_MALE"})
-DETECTION_THRESHOLD = 0.2
+#: NudeNet's own post-processing: candidates from 0.2, then NMS (IoU 0.45) keeps boxes scoring 0.25 or more.
+DETECTION_THRESHOLD = 0.25
 NMS_IOU = 0.45
 FACE_THRESHOLD = 0.35
 #: Margin added around a face box for the age crop (the age model was trained on padded, aligned chips).
@@ -69,9 +70,10 @@ class NsfwAgeDetector:
         self.name = pack.kind
         self.pack_name, self.pack_version = pack.name, pack.version
         self.nsfw_spec, self.parts_spec, self.age_spec = pack.models["nsfw"], pack.models["parts"], pack.models["age"]
-        self.nsfw_session, self.provider = create_session(pack.model_path("nsfw"), options)
-        self.parts_session, _ = create_session(pack.model_path("parts"), options)
-        self.age_session, _ = create_session(pack.model_path("age"), options)
+        self.nsfw_session, self.provider = create_session(pack.model_path("nsfw"), options,
+                                                          fp16_path=pack.fp16_path("nsfw"))
+        self.parts_session, _ = create_session(pack.model_path("parts"), options, fp16_path=pack.fp16_path("parts"))
+        self.age_session, _ = create_session(pack.model_path("age"), options, fp16_path=pack.fp16_path("age"))
         self.input_size = (320, 320)
         self.age_weights = np.arange(81, dtype=np.float32)
         self.age_weights[0] = 0.25
@@ -112,6 +114,12 @@ class NsfwAgeDetector:
             rows, classes, best = rows[mask], scores[mask].argmax(axis=1), best[mask]
             xywh = np.stack([rows[:, 0] - rows[:, 2] / 2, rows[:, 1] - rows[:, 3] / 2, rows[:, 2], rows[:, 3]],
                             axis=1) * item.back_scale
+            # clipped to the image, as NudeNet does (the padding is at the right and bottom)
+            width, height = item.frame.size
+            xywh[:, 0] = np.clip(xywh[:, 0], 0, width)
+            xywh[:, 1] = np.clip(xywh[:, 1], 0, height)
+            xywh[:, 2] = np.minimum(xywh[:, 2], width - xywh[:, 0])
+            xywh[:, 3] = np.minimum(xywh[:, 3], height - xywh[:, 1])
             found = []
             for index in _nms(xywh, best, NMS_IOU):
                 found.append((NUDENET_CLASSES[int(classes[index])], float(best[index]),

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from inference.detectors.concepts import ConceptRules
+from inference.detectors.concepts import SIGNALS, ConceptRules
+from inference.export.fp16 import write_fp16_variant
 from inference.packs import write_manifest
 
 
@@ -48,7 +49,8 @@ def export_tower(model, path: Path, size: int, torch) -> None:
                           dynamo=False)
 
 
-def build(out: Path, model_name: str = "ViT-L-14", pretrained: str | None = "openai") -> Path:
+def build(out: Path, model_name: str = "ViT-L-14", pretrained: str | None = "openai", *,
+          fp16: bool = False) -> Path:
     torch, open_clip = _imports()
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
@@ -57,6 +59,8 @@ def build(out: Path, model_name: str = "ViT-L-14", pretrained: str | None = "ope
     size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, tuple | list)
                else model.visual.image_size)
     export_tower(model, out / "tower.onnx", size, torch)
+    if fp16:
+        write_fp16_variant(out / "tower.onnx", out / "tower.fp16.onnx")
     rules_text = resources.files("inference.data").joinpath("csam_concepts.json").read_text(encoding="utf-8")
     (out / "rules.json").write_text(rules_text, encoding="utf-8")
     words = ConceptRules.load(out / "rules.json").words
@@ -73,10 +77,11 @@ def build(out: Path, model_name: str = "ViT-L-14", pretrained: str | None = "ope
         "kind": "clip-concepts",
         "models": {"image": {"file": "tower.onnx", "input": "pixels", "outputs": ["embeddings"],
                              "size": [size, size], "layout": "NCHW", "colour": "RGB", "scale": 1.0 / 255.0,
-                             "mean": mean, "std": std}},
+                             "mean": mean, "std": std,
+                             "fp16_file": "tower.fp16.onnx" if fp16 else None}},
         "tables": {"concepts": "concepts.npy", "rules": "rules.json"},
-        "signals": ["clip_csam", "clip_underage", "clip_lewd", "clip_underage_margin", "clip_lewd_margin"],
-        "files": ["tower.onnx", "concepts.npy", "rules.json"],
+        "signals": list(SIGNALS),
+        "files": ["tower.onnx", "concepts.npy", "rules.json", *(["tower.fp16.onnx"] if fp16 else [])],
         "licences": {"tower.onnx": "weights as licensed by their source (OpenAI CLIP: MIT)"},
         "source": {"model": model_name, "pretrained": pretrained, "calibrated": model_name == "ViT-L-14"
                    and pretrained == "openai"},
