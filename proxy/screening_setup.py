@@ -87,6 +87,10 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
             await store.close()
 
         routes.append(Route("/validate", validate_endpoint(config, pipeline), methods=["POST"]))
+        if config.server.admin_token:
+            from proxy.admin import admin_routes
+
+            routes.extend(admin_routes(config, quarantine, state.upstream, state.db))
         return routes, cleanup
 
     return install
