@@ -87,12 +87,17 @@ def run_info(args: argparse.Namespace) -> int:
     except PackError as exc:
         raise CommandError(str(exc), status=1) from exc
     console.print(f"[bold]{pack.name}[/bold] version {pack.version} (kind {pack.kind}) at {pack.path}")
-    table = Table("role", "file", "input", "outputs", "size", "layout", "colour", "scale", "mean", "std", "fp16")
     for role, spec in pack.models.items():
-        table.add_row(role, spec.file, spec.input, ", ".join(spec.outputs), f"{spec.size[0]}x{spec.size[1]}",
-                      spec.layout, spec.colour, f"{spec.scale:g}", " ".join(f"{v:g}" for v in spec.mean),
-                      " ".join(f"{v:g}" for v in spec.std), spec.fp16_file or "-")
-    console.print(table)
+        table = Table("model", role, show_header=True)
+        for field, value in (
+                ("file", spec.file), ("input", spec.input), ("outputs", ", ".join(spec.outputs)),
+                ("size", f"{spec.size[0]}x{spec.size[1]}"), ("layout", spec.layout), ("colour", spec.colour),
+                ("scale", f"{spec.scale:g}"), ("mean", " ".join(f"{v:g}" for v in spec.mean)),
+                ("std", " ".join(f"{v:g}" for v in spec.std)), ("fp16 variant", spec.fp16_file or "none")):
+            table.add_row(field, value)
+        console.print(table)
+    if pack.tables:
+        console.print("tables: " + ", ".join(f"{role} = {name}" for role, name in sorted(pack.tables.items())))
     files = Table("file", "sha256", "licence")
     for name, digest in sorted(pack.files.items()):
         files.add_row(name, digest[:16] + "...", pack.licences.get(name, ""))

