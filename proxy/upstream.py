@@ -87,7 +87,7 @@ class Upstream:
             max_pool_connections=self.config.max_pool_connections,
             connect_timeout=self.limits.upstream_connect_timeout_s,
             read_timeout=self.limits.upstream_read_timeout_s,
-            retries={"max_attempts": 2, "mode": "standard"},
+            retries={"total_max_attempts": 2, "mode": "standard"},  # one retry: the client retries too
             parameter_validation=False,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",

@@ -15,6 +15,7 @@ import boto3
 import httpx
 import pytest
 from botocore.config import Config
+from botocore.exceptions import ClientError
 
 MOTO_KEY = "testing"
 MOTO_SECRET = "testing"
@@ -90,12 +91,16 @@ def moto_server() -> Iterator[S3Server]:
 def moto_server_auth() -> Iterator[S3Server]:
     """moto's server in a subprocess with signature checking on: only a key made in its IAM is accepted.
 
-    INITIAL_NO_AUTH_ACTION_COUNT lets the first requests through unsigned; they create an IAM user with
-    an S3 policy and an access key, and every later request must carry a valid SigV4 signature for it.
+    moto has no built-in root keys: with authentication on it accepts only access keys that exist in its
+    IAM (or STS assumed-role keys), and checks the SigV4 signature with the secret stored there. The env var
+    INITIAL_NO_AUTH_ACTION_COUNT=3 lets exactly the three IAM calls below through unchecked; they create a
+    user with an s3:* policy and an access key (the server's `access_key`/`secret_key`). Every later request
+    must be signed with that key. The env var is read by the server process only, so it cannot leak into
+    the in-process `moto_server`.
     """
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "4"}
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
     process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -108,7 +113,21 @@ def moto_server_auth() -> Iterator[S3Server]:
             "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
         }))
         key = iam.create_access_key(UserName="bucketguard")["AccessKey"]
-        yield S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], signature_checking=True)
+        server = S3Server(endpoint, key["AccessKeyId"], key["SecretAccessKey"], signature_checking=True)
+        _assert_signatures_checked(server)
+        yield server
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def _assert_signatures_checked(server: S3Server) -> None:
+    """Guard for every user of the fixture: a wrong secret must already be refused."""
+    wrong = S3Server(server.endpoint, server.access_key, "wrong-secret").client()
+    try:
+        wrong.list_buckets()
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] == "SignatureDoesNotMatch":
+            return
+        raise
+    raise RuntimeError("moto accepted a request signed with a wrong secret: authentication is not on")
