@@ -50,11 +50,14 @@ def export_tower(model, path: Path, size: int, torch) -> None:
 
 
 def build(out: Path, model_name: str = "ViT-L-14", pretrained: str | None = "openai", *,
-          fp16: bool = False) -> Path:
+          fp16: bool = False, seed: int = 0) -> Path:
+    """Export the image tower and compute the concept table; `pretrained` None/"none": random weights from
+    `seed` (torch.manual_seed), for tests."""
     torch, open_clip = _imports()
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
+    torch.manual_seed(seed)
     model = open_clip.create_model(model_name, pretrained=None if pretrained in (None, "none") else pretrained)
     size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, tuple | list)
                else model.visual.image_size)
