@@ -6,6 +6,7 @@ import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import BigInteger, Column, Integer, String, Table, Text, and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -85,11 +86,7 @@ class MultipartState:
         async with self._engine.connect() as conn:
             row = (await conn.execute(select(multipart_uploads).where(
                 multipart_uploads.c.upload_id == upload_id))).mappings().first()
-        if row is None:
-            return None
-        data = dict(row)
-        data["metadata"] = json.loads(data.pop("metadata_json"))
-        return MultipartUpload(**data)
+        return None if row is None else _upload_from_row(row)
 
     async def record_part(self, upload_id: str, part_number: int, size: int, etag: str, md5: str) -> None:
         """Record a part; a part sent again replaces the earlier one, as S3 does."""
@@ -132,11 +129,33 @@ class MultipartState:
         async with self._engine.begin() as conn:
             await conn.execute(delete(multipart_parts).where(multipart_parts.c.upload_id == upload_id))
 
-    async def stale(self, older_than: str) -> list[MultipartUpload]:
-        """Open uploads created before `older_than` (ISO text), for cleanup."""
+    async def mark_completing(self, upload_id: str) -> bool:
+        """Claim an open upload for completion; False when another request or replica got there first."""
+        return await self.transition(upload_id, ("open",), "completing")
+
+    async def mark_done(self, upload_id: str) -> bool:
+        return await self.transition(upload_id, ("completing",), "done")
+
+    async def mark_aborted(self, upload_id: str) -> bool:
+        """Abort an upload nobody is completing; False once it is completing, done or already aborted."""
+        return await self.transition(upload_id, ("open", "staged"), "aborted")
+
+    async def stale(self, older_than: str, states: tuple[str, ...] = ("open",)) -> list[MultipartUpload]:
+        """Uploads in `states` created before `older_than` (ISO text, as `now_text()` writes it)."""
         async with self._engine.connect() as conn:
-            ids = (await conn.execute(select(multipart_uploads.c.upload_id).where(and_(
-                multipart_uploads.c.state == "open", multipart_uploads.c.created_at < older_than,
-            )))).scalars().all()
-        uploads = [await self.get(upload_id) for upload_id in ids]
-        return [u for u in uploads if u is not None]
+            rows = (await conn.execute(select(multipart_uploads).where(and_(
+                multipart_uploads.c.state.in_(states), multipart_uploads.c.created_at < older_than,
+            )).order_by(multipart_uploads.c.created_at))).mappings().all()
+        return [_upload_from_row(row) for row in rows]
+
+    async def list_stale_uploads(self, older_than: timedelta,
+                                 states: tuple[str, ...] = ("open",)) -> list[MultipartUpload]:
+        """Uploads left in `states` for longer than `older_than`, for the cleanup job."""
+        cutoff = (datetime.now(UTC) - older_than).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return await self.stale(cutoff, states)
+
+
+def _upload_from_row(row: Mapping[str, object]) -> MultipartUpload:
+    data = dict(row)
+    data["metadata"] = json.loads(str(data.pop("metadata_json")))
+    return MultipartUpload(**data)  # type: ignore[arg-type]
