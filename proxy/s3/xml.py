@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import quote
@@ -96,6 +96,20 @@ def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
+def _listing_entries(root: Element, objects: Iterable[ListedObject], common_prefixes: Iterable[str],
+                     enc: Callable[[str], str]) -> None:
+    for item in objects:
+        contents = SubElement(root, "Contents")
+        _text(contents, "Key", enc(item.key))
+        _text(contents, "LastModified", _iso(item.last_modified))
+        _text(contents, "ETag", item.etag)
+        _text(contents, "Size", item.size)
+        _text(contents, "StorageClass", item.storage_class)
+    for common in common_prefixes:
+        element = SubElement(root, "CommonPrefixes")
+        _text(element, "Prefix", enc(common))
+
+
 def list_objects_v2_result(
     *,
     bucket: str,
@@ -134,16 +148,7 @@ def list_objects_v2_result(
         _text(root, "NextContinuationToken", next_continuation_token)
     if start_after:
         _text(root, "StartAfter", enc(start_after))
-    for item in objects:
-        contents = SubElement(root, "Contents")
-        _text(contents, "Key", enc(item.key))
-        _text(contents, "LastModified", _iso(item.last_modified))
-        _text(contents, "ETag", item.etag)
-        _text(contents, "Size", item.size)
-        _text(contents, "StorageClass", item.storage_class)
-    for common in common_prefixes:
-        element = SubElement(root, "CommonPrefixes")
-        _text(element, "Prefix", enc(common))
+    _listing_entries(root, objects, common_prefixes, enc)
     return _document(root)
 
 
@@ -177,14 +182,5 @@ def list_objects_v1_result(
     _text(root, "IsTruncated", "true" if is_truncated else "false")
     if encoding_type:
         _text(root, "EncodingType", encoding_type)
-    for item in objects:
-        contents = SubElement(root, "Contents")
-        _text(contents, "Key", enc(item.key))
-        _text(contents, "LastModified", _iso(item.last_modified))
-        _text(contents, "ETag", item.etag)
-        _text(contents, "Size", item.size)
-        _text(contents, "StorageClass", item.storage_class)
-    for common in common_prefixes:
-        element = SubElement(root, "CommonPrefixes")
-        _text(element, "Prefix", enc(common))
+    _listing_entries(root, objects, common_prefixes, enc)
     return _document(root)
