@@ -130,6 +130,13 @@ async def test_head_and_missing_objects(upstream: Upstream, bucket: str) -> None
     assert head.headers["content-type"] == "text/plain"
     assert head.headers["x-amz-meta-a"] == "b"
     assert await read_body(head) == b""
+    with pytest.raises(S3Error) as head_not_modified:
+        await upstream.head_object(bucket, "k", if_none_match=head.headers["etag"])
+    assert (head_not_modified.value.code, head_not_modified.value.status) == ("NotModified", 304)
+    assert head_not_modified.value.headers["etag"] == head.headers["etag"]
+    with pytest.raises(S3Error) as head_failed:
+        await upstream.head_object(bucket, "k", if_match='"0000"')
+    assert (head_failed.value.code, head_failed.value.status) == ("PreconditionFailed", 412)
 
     with pytest.raises(S3Error) as missing_head:
         await upstream.head_object(bucket, "nope")
