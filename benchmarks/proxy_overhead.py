@@ -129,9 +129,12 @@ def main() -> None:
         config.write_text(config.read_text().replace('memory_buffer_bytes = 1048576\n', ''))
         proxy_port = free_port()
         log = (tmp / "proxy.log").open("wb")
-        proxy_process = subprocess.Popen(
-            [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--listen",
-             f"127.0.0.1:{proxy_port}"], stdout=log, stderr=subprocess.STDOUT)
+        # The proxy with the allow-all seam (no screening pipeline), in its own process, as `serve` runs it.
+        launcher = ("import sys, uvicorn; from proxy.config import load_config; from proxy.gateway import create_app; "
+                    "uvicorn.run(create_app(load_config(sys.argv[1])), host='127.0.0.1', port=int(sys.argv[2]), "
+                    "log_level='warning', access_log=False, loop='uvloop', http='httptools')")
+        proxy_process = subprocess.Popen([sys.executable, "-c", launcher, str(config), str(proxy_port)],
+                                         stdout=log, stderr=subprocess.STDOUT)
         proxy_endpoint = f"http://127.0.0.1:{proxy_port}"
         wait_healthy(proxy_endpoint, proxy_process, log=tmp / "proxy.log")
 

@@ -35,7 +35,13 @@ log = logging.getLogger("bucketguard.pipeline")
 #: application/octet-stream for everything).
 _MEDIA_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"\x1aE\xdf\xa3", b"\xff\x0a",
                 b"\x00\x00\x00\x0cJXL ", b"BM")
-MAX_DETECTOR_BYTES = 256 * 1024 * 1024
+#: Bodies are handed to the detectors in memory; larger ones are "too large to screen" (on_undecodable).
+#: pict-rs's own default limit for an upload is 40 MB.
+MAX_DETECTOR_BYTES = 64 * 1024 * 1024
+
+
+def _head(body: SpooledBody) -> bytes:
+    return body.reader().read(64)
 
 
 class Detectors(Protocol):
@@ -117,15 +123,17 @@ class Pipeline:
             return self._list_decision(exact, "blocklist" if exact.list_name != self.test_list.name else "testimage",
                                        hashes, "")
         fresh = cached is None or cached.packs != self.current_packs()
+        fits = body.size <= MAX_DETECTOR_BYTES
+        head = await asyncio.to_thread(_head, body) if cached is None else b""
+        media = cached.media if cached is not None else is_media(head, content_type)
+        still_image = media and not content_type.startswith("video/")
         data: bytes | None = None
-        if fresh or not cached.pdq:
-            data = await asyncio.to_thread(body.read_all) if body.size <= MAX_DETECTOR_BYTES else None
-        media = cached.media if cached is not None else is_media(data[:64] if data is not None else b"",
-                                                                 content_type)
+        if fits and ((fresh and self.detectors is not None) or (still_image and not (cached and cached.pdq))):
+            data = await asyncio.to_thread(body.read_all)
         pdq: Pdq | None = None
         if cached is not None and cached.pdq:
             pdq = Pdq(cached.pdq, 100)
-        elif media and data is not None and not content_type.startswith("video/"):
+        elif still_image and data is not None:
             pdq = await asyncio.to_thread(pdq_hash, data)
         pdq_hex = pdq.hash_hex if pdq else ""
         perceptual = (self.hashlists.blocked(hashes, pdq)
@@ -141,7 +149,7 @@ class Pipeline:
             decided = self.policy.decide(cached.signals, undecodable=cached.undecodable)
             return Decision(decided.action, decided.rule, decided.category, "cache", decided.reason,
                             dict(cached.signals), packs=cached.packs, decided_by="cache", **base)
-        if data is None:
+        if not fits:
             decided = self.policy.decide({"undecodable": 1.0}, undecodable=True)
             return Decision(decided.action, decided.rule, decided.category, "policy",
                             f"over {MAX_DETECTOR_BYTES} bytes: too large to screen", {"undecodable": 1.0}, **base)
