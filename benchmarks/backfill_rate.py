@@ -30,9 +30,9 @@ sys.path.insert(0, str(ROOT))
 
 from inference.engine import Engine
 from inference.export.test_pack import build as build_test_pack
-from proxy.backfill import Backfill, ScanOptions
+from proxy.app import build_detectors
 from proxy.config import load_config
-from proxy.screening_setup import build_detectors
+from proxy.jobs.backfill import Backfill, ScanOptions
 from tests.support.moto import S3Server, free_port
 from tests.support.proxy import CLIENT_BUCKET, write_config
 
@@ -66,12 +66,12 @@ async def capacity(pack: Path, bodies: list[bytes]) -> float:
 
 
 async def backfill(config_path: Path, concurrency: int) -> tuple[float, int]:
-    from proxy.hashlists import HashLists
-    from proxy.pipeline import Pipeline
-    from proxy.policy import load_policy
+    from proxy.screening.cache import VerdictCache
+    from proxy.screening.hashlists import HashLists
+    from proxy.screening.pipeline import Pipeline
+    from proxy.screening.policy import load_policy
     from proxy.state import Database
-    from proxy.upstream import Upstream
-    from proxy.verdict_cache import VerdictCache
+    from proxy.storage.upstream import Upstream
 
     config = load_config(config_path)
     db = Database(config.database.url)

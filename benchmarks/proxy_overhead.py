@@ -31,7 +31,7 @@ from botocore.config import Config
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from proxy.pictrs_client import PictrsClient
+from proxy.demo.pictrs_client import PictrsClient
 from tests.support.moto import (
     S3Server,
     free_port,
@@ -130,7 +130,8 @@ def main() -> None:
         proxy_port = free_port()
         log = (tmp / "proxy.log").open("wb")
         # The proxy with the allow-all seam (no screening pipeline), in its own process, as `serve` runs it.
-        launcher = ("import sys, uvicorn; from proxy.config import load_config; from proxy.gateway import create_app; "
+        launcher = ("import sys, uvicorn; from proxy.config import load_config; "
+                    "from proxy.front.gateway import create_app; "
                     "uvicorn.run(create_app(load_config(sys.argv[1])), host='127.0.0.1', port=int(sys.argv[2]), "
                     "log_level='warning', access_log=False, loop='uvloop', http='httptools')")
         proxy_process = subprocess.Popen([sys.executable, "-c", launcher, str(config), str(proxy_port)],

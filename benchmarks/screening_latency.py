@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from inference.export.test_pack import build as build_test_pack
-from proxy.app_factory import build_app
+from proxy.app import build_app
 from proxy.config import load_config
-from proxy.gateway import create_app
-from proxy.hashing import pdq_hash
+from proxy.front.gateway import create_app
+from proxy.screening.hashing import pdq_hash
 from tests.support.moto import S3Server
 from tests.support.proxy import CLIENT_BUCKET, CLIENTS, PICTRS_KEY, start_in_process, write_config
 

@@ -19,13 +19,13 @@ metadata = MetaData()
 
 #: Modules contributing tables, in the order their migrations run.
 MIGRATION_MODULES: tuple[str, ...] = (
-    "proxy.multipart_state",
-    "proxy.evidence",
-    "proxy.quarantine",
-    "proxy.verdict_cache",
-    "proxy.pending",
-    "proxy.jobs",
-    "proxy.backfill",
+    "proxy.front.multipart",
+    "proxy.evidence.log",
+    "proxy.evidence.quarantine",
+    "proxy.screening.cache",
+    "proxy.jobs.pending",
+    "proxy.jobs.pull",
+    "proxy.jobs.backfill",
 )
 
 schema_migrations = Table(

@@ -16,7 +16,7 @@ import skimage.data
 from PIL import Image
 
 from inference.engine import Engine
-from proxy.testimage import generate_png
+from proxy.screening.testimage import generate_png
 from tests.support.proxy import CLIENT_BUCKET
 
 ADMIN_TOKEN = "admin-token-for-tests"

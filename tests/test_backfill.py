@@ -18,7 +18,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from proxy.testimage import generate_png
+from proxy.screening.testimage import generate_png
 from tests.support.moto import S3Server
 from tests.support.proxy import CLIENT_BUCKET, new_bucket, write_config
 

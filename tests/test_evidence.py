@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from proxy import evidence
 from proxy.cli import main as cli_main
-from proxy.evidence import GENESIS_HASH, Event
+from proxy.evidence import log as evidence
+from proxy.evidence.log import GENESIS_HASH, Event
 from proxy.state import Database
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,7 +176,7 @@ async def test_two_engines_on_one_file_keep_one_chain(tmp_path: Path, db: Databa
 
 _APPEND_SCRIPT = """
 import asyncio, sys
-from proxy import evidence
+from proxy.evidence import log as evidence
 from proxy.state import Database
 
 async def main(url, tag):

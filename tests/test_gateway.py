@@ -10,7 +10,7 @@ import botocore.exceptions
 import httpx
 import pytest
 
-from proxy.screening import Upload, Verdict
+from proxy.screening.upload import Upload, Verdict
 from tests.support.proxy import CLIENT_BUCKET
 
 MIB = 1024 * 1024

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from proxy.pictrs_client import PictrsClient, PictrsError
+from proxy.demo.pictrs_client import PictrsClient, PictrsError
 from tests.support.proxy import CLIENT_BUCKET, CLIENTS, PICTRS_KEY
 
 MIB = 1024 * 1024

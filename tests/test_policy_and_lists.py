@@ -12,10 +12,10 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from proxy.hashing import Hashes, hamming, hash_bytes, pdq_hash
-from proxy.hashlists import HashListError, HashLists, builtin_test_list, load_list
-from proxy.policy import PolicyError, load_policy
-from proxy.testimage import builtin_hashes, generate_png
+from proxy.screening.hashing import Hashes, hamming, hash_bytes, pdq_hash
+from proxy.screening.hashlists import HashListError, HashLists, builtin_test_list, load_list
+from proxy.screening.policy import PolicyError, load_policy
+from proxy.screening.testimage import builtin_hashes, generate_png
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -19,12 +19,12 @@ import boto3
 import pytest
 from sqlalchemy import func, select
 
-from proxy import evidence
 from proxy.cli import main as cli_main
 from proxy.config import QuarantineConfig
-from proxy.quarantine import Catch, Quarantine, QuarantineError, quarantine_items
-from proxy.quarantine_export import export_item
-from proxy.quarantine_store import LocalStore, S3Store, StoreError
+from proxy.evidence import log as evidence
+from proxy.evidence.export import export_item
+from proxy.evidence.quarantine import Catch, Quarantine, QuarantineError, quarantine_items
+from proxy.evidence.store import LocalStore, S3Store, StoreError
 from proxy.state import Database
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40

@@ -16,7 +16,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from defusedxml import ElementTree
 
-from proxy.pictrs_client import PictrsClient, PictrsError
+from proxy.demo.pictrs_client import PictrsClient, PictrsError
 from tests.support.proxy import CLIENT_BUCKET, CLIENTS, PICTRS_KEY
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import botocore.exceptions
 import pytest
 
-from proxy.testimage import generate_png
+from proxy.screening.testimage import generate_png
 from tests.support.proxy import CLIENT_BUCKET
 
 

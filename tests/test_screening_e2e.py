@@ -18,9 +18,9 @@ import skimage.data
 from PIL import Image
 
 from inference.engine import Engine
-from proxy.hashing import pdq_hash
-from proxy.pictrs_client import PictrsClient, PictrsError
-from proxy.testimage import generate_png
+from proxy.demo.pictrs_client import PictrsClient, PictrsError
+from proxy.screening.hashing import pdq_hash
+from proxy.screening.testimage import generate_png
 from tests.support.proxy import CLIENT_BUCKET, CLIENTS, PICTRS_KEY
 
 MIB = 1024 * 1024

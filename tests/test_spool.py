@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from proxy.spool import BodyTooLarge, SpooledBody
+from proxy.storage.spool import BodyTooLarge, SpooledBody
 
 KIB = 1024
 MIB = 1024 * KIB

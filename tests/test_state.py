@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from proxy.multipart_state import MultipartState, multipart_parts, new_upload_id
+from proxy.front.multipart import MultipartState, multipart_parts, new_upload_id
 from proxy.state import MIGRATION_MODULES, Database, metadata, schema_migrations
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from proxy.pictrs_client import PictrsClient
+from proxy.demo.pictrs_client import PictrsClient
 from tests.support.moto import S3Server
 from tests.support.proxy import CLIENT_BUCKET, CLIENTS, PICTRS_KEY, new_bucket, start_subprocess, write_config
 

@@ -15,8 +15,8 @@ import pytest
 
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.s3.errors import S3Error
-from proxy.spool import SpooledBody
-from proxy.upstream import Upstream
+from proxy.storage.spool import SpooledBody
+from proxy.storage.upstream import Upstream
 from tests.support.moto import S3Server
 
 KIB = 1024

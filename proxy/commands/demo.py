@@ -70,7 +70,7 @@ def _test_image() -> tuple[str, bytes, str]:
     """The built-in test image, re-encoded the way pict-rs stores uploads: it must be refused."""
     from PIL import Image
 
-    from proxy.testimage import generate_png
+    from proxy.screening.testimage import generate_png
 
     buffer = io.BytesIO()
     Image.open(io.BytesIO(generate_png())).convert("RGB").resize((448, 336)).save(buffer, "WEBP", quality=70)
@@ -123,9 +123,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from proxy.app_factory import build_app
+    from proxy.app import build_app
     from proxy.config import load_config
-    from proxy.pictrs_client import PictrsClient, PictrsError
+    from proxy.demo.pictrs_client import PictrsClient, PictrsError
 
     console = Console()
     import logging

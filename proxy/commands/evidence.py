@@ -13,7 +13,7 @@ from proxy.commands.quarantine import add_config_option, open_database
 from proxy.config import load_config
 
 if TYPE_CHECKING:
-    from proxy.evidence import VerifyResult
+    from proxy.evidence.log import VerifyResult
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from proxy import evidence
+    from proxy.evidence import log as evidence
 
     config = load_config(args.config)
 
@@ -47,7 +47,7 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_proof(args: argparse.Namespace) -> int:
-    from proxy import evidence
+    from proxy.evidence import log as evidence
 
     config = load_config(args.config)
 

@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _load(path: str | None):
-    from proxy.policy import PolicyError, load_policy
+    from proxy.screening.policy import PolicyError, load_policy
 
     try:
         return load_policy(path)

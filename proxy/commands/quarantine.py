@@ -22,7 +22,7 @@ from proxy.cli import CommandError
 from proxy.config import Config, load_config
 
 if TYPE_CHECKING:
-    from proxy.quarantine import Quarantine
+    from proxy.evidence.quarantine import Quarantine
     from proxy.state import Database
 
 # The database, store and evidence modules (SQLAlchemy, aiobotocore) are imported when a command runs,
@@ -65,8 +65,8 @@ async def open_database(config: Config) -> AsyncIterator[Database]:
 
 @asynccontextmanager
 async def open_quarantine(config: Config) -> AsyncIterator[Quarantine]:
-    from proxy.quarantine import Quarantine
-    from proxy.quarantine_store import open_store
+    from proxy.evidence.quarantine import Quarantine
+    from proxy.evidence.store import open_store
 
     async with open_database(config) as db:
         store = open_store(config.quarantine)
@@ -78,9 +78,9 @@ async def open_quarantine(config: Config) -> AsyncIterator[Quarantine]:
 
 def run_with_quarantine(args: argparse.Namespace, action: Callable[[Quarantine], Awaitable[T]]) -> T:
     """Load the config, open DB and store, run ``action``; operator-facing failures become one line."""
-    from proxy.evidence import EvidenceError
-    from proxy.quarantine import QuarantineError
-    from proxy.quarantine_store import StoreError
+    from proxy.evidence.log import EvidenceError
+    from proxy.evidence.quarantine import QuarantineError
+    from proxy.evidence.store import StoreError
 
     config = load_config(args.config)
 
@@ -163,7 +163,7 @@ def _size(size: int) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from proxy.quarantine import STATUSES
+    from proxy.evidence.quarantine import STATUSES
 
     if args.status is not None and args.status not in STATUSES:
         raise CommandError(f"--status: expected one of {', '.join(STATUSES)}, got {args.status!r}")
@@ -184,7 +184,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from proxy.evidence import records_for_item
+    from proxy.evidence.log import records_for_item
 
     async def gather(quarantine: Quarantine) -> dict[str, Any]:
         item = await quarantine.get(args.item_id)
@@ -259,7 +259,7 @@ def run_purge(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from proxy.quarantine_export import export_item
+    from proxy.evidence.export import export_item
 
     out = Path(args.out)
     record = run_with_quarantine(args, lambda q: export_item(
@@ -269,7 +269,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from proxy.review import release
+    from proxy.evidence.review import release
 
     config = load_config(args.config)
 
@@ -288,7 +288,7 @@ def run_release(args: argparse.Namespace) -> int:
 
 
 def run_confirm(args: argparse.Namespace) -> int:
-    from proxy.review import confirm
+    from proxy.evidence.review import confirm
 
     record = run_with_quarantine(args, lambda q: confirm(q, args.item_id, actor=args.actor))
     print(f"{args.item_id}: confirmed as real (evidence record {record['seq']})")

@@ -67,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _pipeline(config, db):
-    from proxy.hashlists import HashLists
-    from proxy.pipeline import Pipeline
-    from proxy.policy import PolicyError, load_policy
-    from proxy.quarantine import Quarantine
-    from proxy.quarantine_store import open_store
-    from proxy.screening_setup import build_detectors
-    from proxy.verdict_cache import VerdictCache
+    from proxy.app import build_detectors
+    from proxy.evidence.quarantine import Quarantine
+    from proxy.evidence.store import open_store
+    from proxy.screening.cache import VerdictCache
+    from proxy.screening.hashlists import HashLists
+    from proxy.screening.pipeline import Pipeline
+    from proxy.screening.policy import PolicyError, load_policy
 
     if config.inference.mode == "pull":
         raise CommandError("scan needs detectors it can call: set [inference] mode to in-process or remote")
@@ -113,9 +113,9 @@ def _progress(disabled: bool):
 
 
 async def _scan_bucket(config, args, since):
-    from proxy.backfill import Backfill, ScanOptions
+    from proxy.jobs.backfill import Backfill, ScanOptions
     from proxy.state import Database
-    from proxy.upstream import Upstream
+    from proxy.storage.upstream import Upstream
 
     bucket = args.bucket or (next(iter(config.upstream.buckets)) if len(config.upstream.buckets) == 1 else None)
     if bucket is None:
@@ -161,7 +161,7 @@ async def _scan_bucket(config, args, since):
 
 
 async def _scan_folder(config, folder: Path, since, args):
-    from proxy.spool import SpooledBody
+    from proxy.storage.spool import SpooledBody
 
     if not folder.is_dir():
         raise CommandError(f"--path {folder}: no such folder")

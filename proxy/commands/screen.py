@@ -30,10 +30,10 @@ def run(args: argparse.Namespace) -> int:
     from inference.engine import Engine
     from inference.packs import PackError
     from proxy.config import load_config
-    from proxy.hashlists import HashListError, HashLists
-    from proxy.pipeline import Pipeline
-    from proxy.policy import PolicyError, load_policy
-    from proxy.spool import SpooledBody
+    from proxy.screening.hashlists import HashListError, HashLists
+    from proxy.screening.pipeline import Pipeline
+    from proxy.screening.policy import PolicyError, load_policy
+    from proxy.storage.spool import SpooledBody
 
     paths = [Path(f) for f in args.files]
     for path in paths:

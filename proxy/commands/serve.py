@@ -28,7 +28,7 @@ def split_listen(listen: str) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from proxy.app_factory import build_app
+    from proxy.app import build_app
     from proxy.config import load_config
     from proxy.logs import configure_logging
 

@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from proxy.testimage import builtin_hashes, generate_png
+    from proxy.screening.testimage import builtin_hashes, generate_png
 
     data = generate_png()
     if args.out:

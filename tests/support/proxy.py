@@ -20,10 +20,10 @@ import pytest
 import uvicorn
 from botocore.config import Config as BotoConfig
 
-from proxy.app_factory import build_app
+from proxy.app import build_app
 from proxy.config import Config, load_config
-from proxy.gateway import create_app
-from proxy.screening import Screen
+from proxy.front.gateway import create_app
+from proxy.screening.upload import Screen
 from tests.support.moto import S3Server, free_port
 
 CLIENT_BUCKET = "pictrs"

@@ -23,9 +23,9 @@ from sqlalchemy import BigInteger, Boolean, Column, Integer, String, Table, Text
 from sqlalchemy.exc import IntegrityError
 
 from proxy.s3.errors import S3Error
-from proxy.screening import Upload
-from proxy.spool import SpooledBody
+from proxy.screening.upload import Upload
 from proxy.state import Database, Migration, create_tables, metadata, now_text
+from proxy.storage.spool import SpooledBody
 
 scan_runs = Table(
     "scan_runs",
@@ -234,7 +234,7 @@ class Backfill:
 
     async def _recorded(self, key: str, sha256: str | None = None) -> tuple[str, str] | None:
         """(action, rule) of a quarantine/reject record already made for this key (and these bytes)."""
-        from proxy.quarantine import quarantine_items
+        from proxy.evidence.quarantine import quarantine_items
 
         condition = and_(quarantine_items.c.bucket == self.options.bucket, quarantine_items.c.key == key,
                          quarantine_items.c.action.in_(("quarantine", "reject")))

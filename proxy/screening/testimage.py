@@ -12,7 +12,7 @@ import io
 
 from PIL import Image, ImageDraw, ImageFont
 
-from proxy.hashing import hash_bytes, pdq_hash
+from proxy.screening.hashing import hash_bytes, pdq_hash
 
 WIDTH, HEIGHT = 640, 480
 CATEGORY = "test"

@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.s3.errors import S3Error
-from proxy.spool import SpooledBody
+from proxy.storage.spool import SpooledBody
 
 #: Response headers passed from the upstream to the client on GET and HEAD.
 PASSED_HEADERS = (

@@ -1,25 +1,21 @@
-"""Builds the screening pipeline from the config and plugs it into the gateway (an app extension)."""
+"""The app wiring: the gateway, plus the screening pipeline, jobs and review page the config asks for."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from proxy.config import Config
-from proxy.gateway import AppState
-from proxy.hashlists import HashLists
-from proxy.pending import PendingScans, PendingWorker
-from proxy.pipeline import Pipeline
-from proxy.policy import load_policy
-from proxy.screening import Upload
-from proxy.spool import BodyTooLarge, SpooledBody
-from proxy.verdict_cache import VerdictCache
+from proxy.front.gateway import AppState, Gateway, create_app
+from proxy.front.validate import validate_endpoint
+from proxy.jobs.pending import PendingScans, PendingWorker
+from proxy.screening.cache import VerdictCache
+from proxy.screening.hashlists import HashLists
+from proxy.screening.pipeline import Pipeline
+from proxy.screening.policy import load_policy
 
 log = logging.getLogger("bucketguard.screening")
 
@@ -54,12 +50,12 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
                                config.screening.pdq_max_distance)
 
     async def install(state: AppState) -> tuple[list[Route], Callable[[], Awaitable[None]]]:
-        from proxy.quarantine import Quarantine
-        from proxy.quarantine_store import open_store
+        from proxy.evidence.quarantine import Quarantine
+        from proxy.evidence.store import open_store
 
         routes: list[Route] = []
         if config.inference.mode == "pull":
-            from proxy.jobs import JobQueue, PullDetectors, job_routes
+            from proxy.jobs.pull import JobQueue, PullDetectors, job_routes
 
             queue = JobQueue(state.db, lease_s=config.inference.lease_s)
             detectors, close_detectors = PullDetectors(queue), None
@@ -88,7 +84,7 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
 
         routes.append(Route("/validate", validate_endpoint(config, pipeline), methods=["POST"]))
         if config.server.admin_token:
-            from proxy.admin import admin_routes
+            from proxy.admin.page import admin_routes
 
             routes.extend(admin_routes(config, quarantine, state.upstream, state.db))
         return routes, cleanup
@@ -96,39 +92,6 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
     return install
 
 
-def validate_endpoint(config: Config, pipeline: Pipeline) -> Callable[[Request], Awaitable[Response]]:
-    """pict-rs `media.external_validation`: 2xx lets the upload through, 406 refuses it.
-
-    pict-rs cannot add headers, so the token may come as `?token=...` in the URL it is given, or as a
-    bearer token from other callers.
-    """
-    token = config.server.validate_token
-
-    async def validate(request: Request) -> Response:
-        given = request.query_params.get("token", "")
-        header = request.headers.get("authorization", "")
-        if header.startswith("Bearer "):
-            given = header[len("Bearer "):]
-        if not token or not hmac.compare_digest(given.encode(), token.encode()):
-            return PlainTextResponse("a valid validation token is required\n", status_code=401)
-        limits = config.limits
-        body = SpooledBody(memory_limit=limits.memory_buffer_bytes, max_bytes=limits.max_object_bytes,
-                           spool_dir=limits.spool_dir or None)
-        try:
-            try:
-                async for chunk in request.stream():
-                    await body.write(chunk)
-            except BodyTooLarge:
-                return PlainTextResponse("too large to screen\n", status_code=413)
-            content_type = request.headers.get("content-type", "application/octet-stream")
-            upload = Upload("", "", "(external-validation)", "pict-rs-validate", content_type, body)
-            verdict = await pipeline.screen(upload)
-        finally:
-            body.close()
-        if verdict.action == "refuse":
-            return PlainTextResponse("cannot screen right now\n", status_code=503, headers={"Retry-After": "5"})
-        if not verdict.lands:
-            return PlainTextResponse(f"refused by policy: {verdict.rule}\n", status_code=406)
-        return PlainTextResponse("ok\n", status_code=200)
-
-    return validate
+def build_app(config: Config) -> Gateway:
+    """The proxy's ASGI app for this config."""
+    return create_app(config, extensions=(pipeline_extension(config),))

@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Mapping
 from proxy.s3.chunked import AwsChunkedDecoder, Checksum
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import AuthContext, check_payload_sha256
-from proxy.spool import BodyTooLarge, SpooledBody
+from proxy.storage.spool import BodyTooLarge, SpooledBody
 
 
 def _int_header(headers: Mapping[str, str], name: str) -> int | None:

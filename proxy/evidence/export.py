@@ -19,8 +19,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from proxy import evidence
-from proxy.quarantine import Quarantine, QuarantineError
+from proxy.evidence import log as evidence
+from proxy.evidence.quarantine import Quarantine, QuarantineError
 
 #: Extensions for the media types pict-rs stores, ahead of the platform's mimetypes table.
 _EXTENSIONS = {

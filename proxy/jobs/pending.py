@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import BigInteger, Column, Float, Integer, String, Table, Text, and_, func, select, update
 
 from proxy.s3.errors import S3Error
-from proxy.screening import Upload
-from proxy.spool import SpooledBody
+from proxy.screening.upload import Upload
 from proxy.state import Database, Migration, create_tables, metadata, now_text
+from proxy.storage.spool import SpooledBody
 
 if TYPE_CHECKING:
     from proxy.config import LimitsConfig
-    from proxy.pipeline import Decision, Pipeline
-    from proxy.upstream import Upstream
+    from proxy.screening.pipeline import Decision, Pipeline
+    from proxy.storage.upstream import Upstream
 
 log = logging.getLogger("bucketguard.pending")
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from proxy.spool import SpooledBody
+    from proxy.storage.spool import SpooledBody
 
 Action = Literal["allow", "flag", "quarantine", "reject", "refuse"]
 

@@ -23,16 +23,16 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from proxy.config import Config
+from proxy.front.multipart import MultipartState
+from proxy.front.operations import INTERNAL_PREFIX, Call, Operations
 from proxy.logs import ACCESS_LOGGER
 from proxy.metrics import ProxyMetrics
-from proxy.multipart_state import MultipartState
-from proxy.operations import INTERNAL_PREFIX, Call, Operations
 from proxy.s3 import sigv4
 from proxy.s3.addressing import bucket_from_host, resolve
 from proxy.s3.errors import S3Error
-from proxy.screening import Screen, allow_all
+from proxy.screening.upload import Screen, allow_all
 from proxy.state import Database
-from proxy.upstream import Upstream
+from proxy.storage.upstream import Upstream
 
 log = logging.getLogger("bucketguard.gateway")
 access_log = logging.getLogger(ACCESS_LOGGER)

@@ -27,7 +27,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from proxy.config import Config
-from proxy.hashing import hamming
+from proxy.screening.hashing import hamming
 
 COOKIE = "bucketguard_admin"
 PAGE_SIZE = 24
@@ -174,7 +174,7 @@ def admin_routes(config: Config, quarantine: Any, upstream: Any, db: Any) -> lis
         return Response(_thumbnail(data, reveal=True), media_type="image/jpeg", headers=NO_STORE)
 
     async def decide(request: Request) -> Response:
-        from proxy.review import confirm, release
+        from proxy.evidence.review import confirm, release
 
         form = await request.form()
         ids = [i for i in str(form.get("ids", "")).split(",") if i]
@@ -192,7 +192,7 @@ def admin_routes(config: Config, quarantine: Any, upstream: Any, db: Any) -> lis
         return RedirectResponse(request.headers.get("referer") or "/admin/", status_code=303, headers=NO_STORE)
 
     async def export(request: Request) -> Response:
-        from proxy.quarantine_export import export_item
+        from proxy.evidence.export import export_item
 
         item_id = request.path_params["item_id"]
         out = Path(tempfile.mkdtemp(prefix="bucketguard-export-")) / f"bucketguard-{item_id}.zip"

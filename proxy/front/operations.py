@@ -13,18 +13,18 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from proxy.bodies import read_body
-from proxy.multipart_state import MultipartState, new_upload_id
+from proxy.front.bodies import read_body
+from proxy.front.multipart import MultipartState, new_upload_id
 from proxy.s3 import xml
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import AuthContext
-from proxy.screening import Screen, Upload, Verdict
-from proxy.spool import SpooledBody
+from proxy.screening.upload import Screen, Upload, Verdict
+from proxy.storage.spool import SpooledBody
 
 if TYPE_CHECKING:
     from proxy.config import Config
     from proxy.metrics import ProxyMetrics
-    from proxy.upstream import Upstream
+    from proxy.storage.upstream import Upstream
 
 #: Keys under this prefix are the proxy's own (multipart staging); clients never see or touch them.
 INTERNAL_PREFIX = ".bucketguard/"

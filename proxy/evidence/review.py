@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.config import Config
-from proxy.quarantine import Quarantine, QuarantineError
-from proxy.spool import SpooledBody
-from proxy.upstream import Upstream
-from proxy.verdict_cache import VerdictCache
+from proxy.evidence.quarantine import Quarantine, QuarantineError
+from proxy.screening.cache import VerdictCache
+from proxy.storage.spool import SpooledBody
+from proxy.storage.upstream import Upstream
 
 
 async def release(quarantine: Quarantine, config: Config, db: Any, item_id: str, *, actor: str) -> dict[str, Any]:

@@ -19,9 +19,9 @@ from typing import Literal
 
 import numpy as np
 
-from proxy.hashing import Hashes, Pdq
-from proxy.testimage import CATEGORY as TEST_CATEGORY
-from proxy.testimage import builtin_hashes
+from proxy.screening.hashing import Hashes, Pdq
+from proxy.screening.testimage import CATEGORY as TEST_CATEGORY
+from proxy.screening.testimage import builtin_hashes
 
 MIN_PDQ_QUALITY = 50
 _LINE = re.compile(r"^(sha256|md5|pdq):([0-9a-fA-F]+)(?:\s+(.*))?$")

@@ -1,7 +1,7 @@
 """The quarantine: items caught by screening, their bytes in the store, and the operator's actions on them.
 
 Every change to an item and its evidence record are written in one chain transaction (see
-:mod:`proxy.evidence`), so the items table and the evidence log always agree. Bytes are kept only for
+:mod:`proxy.evidence.log`), so the items table and the evidence log always agree. Bytes are kept only for
 ``quarantine``; ``reject`` keeps the record and hashes, ``flag`` (the object landed) only the record.
 
 Retention: bytes of an item are kept ``retention_days`` from the date the operator reported it (when a
@@ -20,9 +20,9 @@ from typing import Any
 from sqlalchemy import Boolean, Column, Connection, Integer, String, Table, Text, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from proxy import evidence
-from proxy.evidence import Event, canonical_json, chain_transaction, utc_timestamp
-from proxy.quarantine_store import Body, QuarantineStore, StoreError
+from proxy.evidence import log as evidence
+from proxy.evidence.log import Event, canonical_json, chain_transaction, utc_timestamp
+from proxy.evidence.store import Body, QuarantineStore, StoreError
 from proxy.state import Migration, metadata
 
 #: What the screen decided -> the item's first status.
