@@ -174,7 +174,7 @@ def admin_routes(config: Config, quarantine: Any, upstream: Any, db: Any) -> lis
         return Response(_thumbnail(data, reveal=True), media_type="image/jpeg", headers=NO_STORE)
 
     async def decide(request: Request) -> Response:
-        from proxy.evidence.review import confirm, release
+        from proxy.admin.review import confirm, release
 
         form = await request.form()
         ids = [i for i in str(form.get("ids", "")).split(",") if i]

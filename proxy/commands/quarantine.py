@@ -269,7 +269,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_release(args: argparse.Namespace) -> int:
-    from proxy.evidence.review import release
+    from proxy.admin.review import release
 
     config = load_config(args.config)
 
@@ -288,7 +288,7 @@ def run_release(args: argparse.Namespace) -> int:
 
 
 def run_confirm(args: argparse.Namespace) -> int:
-    from proxy.evidence.review import confirm
+    from proxy.admin.review import confirm
 
     record = run_with_quarantine(args, lambda q: confirm(q, args.item_id, actor=args.actor))
     print(f"{args.item_id}: confirmed as real (evidence record {record['seq']})")

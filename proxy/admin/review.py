@@ -1,4 +1,8 @@
-"""Review decisions shared by the CLI and the review page: release a false positive, confirm a real one."""
+"""Review decisions shared by the CLI and the review page: release a false positive, confirm a real one.
+
+A release spans evidence (the item), storage (the restore) and screening (the allow list), so it lives above
+all three, beside the page that calls it.
+"""
 
 from __future__ import annotations
 
