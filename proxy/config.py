@@ -8,6 +8,7 @@ never silently fall back to a default.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import tomllib
@@ -62,7 +63,9 @@ class UpstreamConfig:
     session_token: str = ""
     addressing: Literal["path", "virtual"] = "path"
     #: Client-facing bucket name -> real bucket name. An empty map passes names through unchanged.
-    buckets: dict[str, str] = field(default_factory=dict)
+    #: "*" is pass-through mode: every bucket the upstream identity reaches, under its own name (bucket
+    #: creation and deletion forwarded), except the quarantine bucket.
+    buckets: Literal["*"] | dict[str, str] = field(default_factory=dict)
     verify_tls: bool = True
     max_pool_connections: int = 64
 
@@ -157,9 +160,19 @@ class Config:
                 return client.secret_key
         return None
 
+    @property
+    def passthrough(self) -> bool:
+        """`[upstream] buckets = "*"`: every upstream bucket but the quarantine one, under its own name."""
+        return self.upstream.buckets == "*"
+
+    @property
+    def bucket_map(self) -> dict[str, str]:
+        """The client -> real bucket map; empty in pass-through mode and when names pass unchanged."""
+        return {} if isinstance(self.upstream.buckets, str) else dict(self.upstream.buckets)
+
     def real_bucket(self, client_bucket: str) -> str | None:
         """The upstream bucket behind a client-facing name, or None when it is not served."""
-        if not self.upstream.buckets:
+        if isinstance(self.upstream.buckets, str) or not self.upstream.buckets:
             return client_bucket
         return self.upstream.buckets.get(client_bucket)
 
@@ -194,7 +207,11 @@ def _convert(value: Any, annotation: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a table, got {_describe(value)}")
         return {str(k): _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
     if origin in (typing.Union, types.UnionType):
-        return _convert(value, next(a for a in args if a is not type(None)), where)
+        options = [a for a in args if a is not type(None)]
+        for option in options[:-1]:  # the first that fits; the last one names the error
+            with contextlib.suppress(ConfigError):
+                return _convert(value, option, where)
+        return _convert(value, options[-1], where)
     if annotation is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {_describe(value)}")
@@ -287,7 +304,7 @@ def _check(config: Config) -> None:
             raise ConfigError(f"clients[{i}].access_key: {client.access_key!r} is listed twice")
         seen.add(client.access_key)
     reserved = {"healthz", "readyz", "metrics", "admin", "validate", "_bucketguard"}
-    for name in config.upstream.buckets:
+    for name in config.upstream.buckets if isinstance(config.upstream.buckets, dict) else ():
         if name in reserved:
             raise ConfigError(f"upstream.buckets.{name}: this name is reserved for the proxy's own endpoints")
     if not config.upstream.endpoint.startswith(("http://", "https://")):
