@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 
 from proxy.cli import CommandError
 
@@ -29,10 +30,20 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from proxy.app import build_app
-    from proxy.config import load_config
+    from proxy.config import ConfigError, load_config
     from proxy.logs import configure_logging
+    from proxy.setup.checks import startup_problems
 
-    config = load_config(args.config)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        raise CommandError(f"config error: {exc}", status=1) from exc
+    problems = startup_problems(config)
+    if problems:
+        for problem in problems:
+            print(f"bucketguard: {args.config}: {problem}", file=sys.stderr)
+        print(f"bucketguard: not starting; `bucketguard config check {args.config}` checks again", file=sys.stderr)
+        return 1
     configure_logging(config.server.log_level, config.server.log_format)
     host, port = split_listen(args.listen or config.server.listen)
     app = build_app(config)
