@@ -56,6 +56,22 @@ def create_tables(*tables: Table) -> Callable[[Connection], None]:
     return apply
 
 
+def widen_to_bigint(table: str, *columns: str) -> Callable[[Connection], None]:
+    """A migration step that makes integer columns 64-bit where the engine has 32-bit INTEGER (PostgreSQL).
+
+    SQLite's INTEGER is already 64-bit, so there it does nothing; on a fresh PostgreSQL database, where the
+    table was just created with BIGINT, it changes nothing either.
+    """
+
+    def apply(conn: Connection) -> None:
+        if conn.dialect.name != "postgresql":
+            return
+        for column in columns:
+            conn.exec_driver_sql(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" TYPE BIGINT')
+
+    return apply
+
+
 def now_text() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

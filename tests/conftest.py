@@ -4,4 +4,5 @@ pytest_plugins: list[str] = [
     "tests.support.moto",
     "tests.support.proxy",
     "tests.support.packs",
+    "tests.support.postgres",
 ]

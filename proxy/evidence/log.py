@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, Integer, String, Table, Text, select
+from sqlalchemy import BigInteger, Column, Connection, Integer, String, Table, Text, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from proxy.state import Migration, metadata
+from proxy.state import Migration, metadata, widen_to_bigint
 
 GENESIS_HASH = "0" * 64
 
@@ -59,7 +59,7 @@ evidence_records = Table(
     Column("access_key", String(256), nullable=False),
     Column("bucket", String(256), nullable=False),
     Column("key", Text, nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
     Column("content_type", String(256), nullable=False),
     Column("sha256", String(64), nullable=False),
     Column("md5", String(32), nullable=False),
@@ -91,7 +91,11 @@ def _create_tables(connection: Connection) -> None:
     evidence_head.create(connection)
 
 
-MIGRATIONS: list[Migration] = [Migration("evidence-0001-records", _create_tables)]
+MIGRATIONS: list[Migration] = [
+    Migration("evidence-0001-records", _create_tables),
+    # objects over 2 GiB: PostgreSQL's INTEGER is 32-bit
+    Migration("evidence-0002-size-bigint", widen_to_bigint("evidence_records", "size")),
+]
 
 
 class EvidenceError(ValueError):

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, Column, Connection, Integer, String, Table, Text, select
+from sqlalchemy import BigInteger, Boolean, Column, Connection, String, Table, Text, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from proxy.evidence import log as evidence
 from proxy.evidence.log import Event, canonical_json, chain_transaction, utc_timestamp
 from proxy.evidence.store import Body, QuarantineStore, StoreError
-from proxy.state import Migration, metadata
+from proxy.state import Migration, metadata, widen_to_bigint
 
 #: What the screen decided -> the item's first status.
 _STATUS_OF_ACTION = {"quarantine": "quarantined", "reject": "rejected", "flag": "flagged"}
@@ -37,7 +37,7 @@ quarantine_items = Table(
     Column("sha256", String(64), nullable=False, index=True),
     Column("md5", String(32), nullable=False),
     Column("pdq", String(64), nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),
     Column("content_type", String(256), nullable=False),
     Column("bucket", String(256), nullable=False),
     Column("key", Text, nullable=False),
@@ -64,7 +64,11 @@ def _create_tables(connection: Connection) -> None:
     quarantine_items.create(connection)
 
 
-MIGRATIONS: list[Migration] = [Migration("quarantine-0001-items", _create_tables)]
+MIGRATIONS: list[Migration] = [
+    Migration("quarantine-0001-items", _create_tables),
+    # objects over 2 GiB: PostgreSQL's INTEGER is 32-bit
+    Migration("quarantine-0002-size-bigint", widen_to_bigint("quarantine_items", "size")),
+]
 
 
 class QuarantineError(RuntimeError):

@@ -83,5 +83,9 @@ class VerdictCache:
             exists = (await conn.execute(select(allowed_hashes.c.sha256).where(
                 allowed_hashes.c.sha256 == sha256))).first()
             if exists is None:
-                await conn.execute(allowed_hashes.insert().values(sha256=sha256, reason=reason, added_by=added_by,
-                                                                  added_at=now_text()))
+                try:
+                    async with conn.begin_nested():
+                        await conn.execute(allowed_hashes.insert().values(
+                            sha256=sha256, reason=reason, added_by=added_by, added_at=now_text()))
+                except IntegrityError:
+                    pass  # another replica allowed the same bytes at the same moment
