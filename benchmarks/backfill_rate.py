@@ -14,14 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import subprocess
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image
 
@@ -32,9 +30,9 @@ from inference.engine import Engine
 from inference.export.test_pack import build as build_test_pack
 from proxy.app import build_detectors
 from proxy.config import load_config
+from proxy.demo.servers import CLIENT_BUCKET, start_moto_process
+from proxy.demo.servers import write_proxy_config as write_config
 from proxy.jobs.backfill import Backfill, ScanOptions
-from tests.support.moto import S3Server, free_port
-from tests.support.proxy import CLIENT_BUCKET, write_config
 
 
 def objects(count: int) -> list[bytes]:
@@ -108,17 +106,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bucketguard-backfill-bench-"))
     pack = Path(args.pack) if args.pack else build_test_pack(tmp / "test-pack")
     bodies = objects(args.objects)
-    port = free_port()
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    moto = start_moto_process()
     try:
-        upstream = S3Server(f"http://127.0.0.1:{port}")
-        for _ in range(100):
-            try:
-                httpx.get(f"{upstream.endpoint}/moto-api/", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        upstream = moto.server
         upstream.create_bucket("bench-media")
         client = upstream.client()
         with ThreadPoolExecutor(16) as pool:
@@ -132,8 +122,7 @@ def main() -> None:
         engine_rate = asyncio.run(capacity(pack, bodies))
         scan_rate, count = asyncio.run(backfill(config, args.concurrency))
     finally:
-        moto.terminate()
-        moto.wait(10)
+        moto.stop()
     print(f"{count} objects (320x240 JPEG), pack {pack.name} in-process, moto upstream in its own process")
     print(f"(a) detector capacity, no S3, 64 in flight:       {engine_rate:8.1f} objects/s")
     print(f"(b) backfill scan, {args.concurrency} in flight, full pipeline: {scan_rate:8.1f} objects/s")

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from inference.detectors import load_detector
 from inference.packs import load_pack
 from inference.runtime import RuntimeOptions
-from tests.support.moto import free_port
+from proxy.demo.servers import free_port
 
 SOURCES = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "retina", "horse")
 

@@ -32,11 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from proxy.demo.pictrs_client import PictrsClient
-from tests.support.moto import (
-    S3Server,
-    free_port,
-)
-from tests.support.proxy import CLIENT_BUCKET, CLIENTS, PICTRS_KEY, wait_healthy, write_config
+from proxy.demo.servers import CLIENT_BUCKET, CLIENTS, PICTRS_KEY, free_port, start_moto_process, wait_healthy
+from proxy.demo.servers import write_proxy_config as write_config
 
 MIB = 1024 * 1024
 CONCURRENCY = 16
@@ -106,21 +103,10 @@ def main() -> None:
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bucketguard-bench-"))
-    moto_port = free_port()
-    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(moto_port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    upstream = S3Server(f"http://127.0.0.1:{moto_port}")
+    moto = start_moto_process()
+    upstream = moto.server
     proxy_process = None
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"{upstream.endpoint}/moto-api/", timeout=1)
-                break
-            except httpx.HTTPError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
         real_bucket = "bench-media"
         upstream.create_bucket(real_bucket)
         buffer_bytes = 8 * MIB
@@ -192,8 +178,7 @@ def main() -> None:
         if proxy_process is not None:
             proxy_process.terminate()
             proxy_process.wait(timeout=15)
-        moto.terminate()
-        moto.wait(timeout=15)
+        moto.stop(timeout=15)
 
 
 if __name__ == "__main__":

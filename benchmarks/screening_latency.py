@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 from inference.export.test_pack import build as build_test_pack
 from proxy.app import build_app
 from proxy.config import load_config
+from proxy.demo.servers import CLIENT_BUCKET, CLIENTS, PICTRS_KEY, serve_in_thread, start_moto_thread
+from proxy.demo.servers import write_proxy_config as write_config
 from proxy.front.gateway import create_app
 from proxy.screening.hashing import pdq_hash
-from tests.support.moto import S3Server
-from tests.support.proxy import CLIENT_BUCKET, CLIENTS, PICTRS_KEY, start_in_process, write_config
 
 
 def jpeg(seed: int) -> bytes:
@@ -65,15 +65,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--uploads", type=int, default=60)
     args = parser.parse_args()
-    from moto.server import ThreadedMotoServer
-
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    host, port = moto.get_host_and_port()
-    upstream = S3Server(f"http://{host}:{port}")
+    upstream, stop_moto = start_moto_thread()
     tmp = Path(tempfile.mkdtemp(prefix="bucketguard-screen-bench-"))
     pack = build_test_pack(tmp / "test-pack")
     policy = tmp / "policy.toml"
@@ -92,22 +87,22 @@ def main() -> None:
                                        screening=f'policy = "{policy}"')
             config = load_config(config_path)
             app = create_app(config) if name == "allow-all seam" else build_app(config)
-            proxy = start_in_process(config, upstream, bucket, config_path, app=app)
+            endpoint, stop_proxy = serve_in_thread(app)
             try:
-                timed_puts(proxy.endpoint, bodies[:5])  # warm-up (and, for the cache case, the first scans)
+                timed_puts(endpoint, bodies[:5])  # warm-up (and, for the cache case, the first scans)
                 if name == "pipeline, cache hit":
-                    timed_puts(proxy.endpoint, bodies)
-                    results[name] = timed_puts(proxy.endpoint, bodies)
+                    timed_puts(endpoint, bodies)
+                    results[name] = timed_puts(endpoint, bodies)
                 else:
-                    results[name] = timed_puts(proxy.endpoint, bodies[5:] + [jpeg(10_000 + i) for i in range(5)])
+                    results[name] = timed_puts(endpoint, bodies[5:] + [jpeg(10_000 + i) for i in range(5)])
             finally:
-                proxy.stop()
+                stop_proxy()
         pdq_started = time.perf_counter()
         for body in bodies[:30]:
             pdq_hash(body)
         pdq_ms = (time.perf_counter() - pdq_started) / 30 * 1000
     finally:
-        moto.stop()
+        stop_moto()
     base = statistics.median(results["allow-all seam"])
     print(f"PUT of {size_kib:.0f} KiB JPEGs through the proxy, {args.uploads} uploads each, one at a time "
           "(upstream: moto in-process)")

@@ -116,7 +116,7 @@ path = "quarantine"
 def run(args: argparse.Namespace) -> int:
     try:
         import boto3
-        from moto.server import ThreadedMotoServer
+        import moto.server  # noqa: F401 - only to give a clear error when the demo extra is missing
     except ImportError as exc:
         raise CommandError("the demo needs moto's S3 server: pip install 'bucketguard[demo]'") from exc
     import uvicorn
@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from proxy.app import build_app
     from proxy.config import load_config
     from proxy.demo.pictrs_client import PictrsClient, PictrsError
+    from proxy.demo.servers import free_port, start_moto_thread
 
     console = Console()
     import logging
@@ -133,14 +134,12 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
     folder = Path(args.dir).resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    s3.start()
-    host, s3_port = s3.get_host_and_port()
-    s3_endpoint = f"http://{host}:{s3_port}"
+    s3, stop_s3 = start_moto_thread()
+    s3_endpoint = s3.endpoint
     boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id=UPSTREAM_KEY,
                  aws_secret_access_key=UPSTREAM_SECRET).create_bucket(Bucket=REAL_BUCKET)
 
-    port = args.port or _free_port()
+    port = args.port or free_port()
     secret = secrets.token_urlsafe(18)
     pack = None if args.no_detectors else _pack(folder, console)
     config = load_config(_write_config(folder, s3_endpoint, port, secret, pack))
@@ -182,16 +181,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.should_exit = True
         thread.join(timeout=15)
-        s3.stop()
+        stop_s3()
     return 0
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_started(server, thread: threading.Thread, timeout: float = 30.0) -> None:

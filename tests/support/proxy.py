@@ -7,73 +7,32 @@ import signal
 import ssl
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
-import uvicorn
 from botocore.config import Config as BotoConfig
 
 from proxy.app import build_app
 from proxy.config import Config, load_config
+from proxy.demo.servers import (
+    CLIENT_BUCKET,
+    CLIENTS,
+    PICTRS_KEY,
+    S3Server,
+    free_port,
+    serve_in_thread,
+    wait_healthy,
+)
+from proxy.demo.servers import write_proxy_config as write_config
 from proxy.front.gateway import create_app
 from proxy.screening.upload import Screen
-from tests.support.moto import S3Server, free_port
 
-CLIENT_BUCKET = "pictrs"
-#: Client key pairs; all map to the one upstream identity.
-CLIENTS = {"pictrs-key": "pictrs-secret-0123456789", "rclone-key": "rclone-secret-abcdef", "admin-key": "admin-sec"}
-PICTRS_KEY = "pictrs-key"
-
-
-def write_config(tmp: Path, upstream: S3Server, real_bucket: str, *, port: int = 0, extra: str = "",
-                 limits: str = "", database: Path | None = None, inference: str = 'mode = "none"',
-                 screening: str = "", server: str = "") -> Path:
-    clients = "".join(f'[[clients]]\naccess_key = "{k}"\nsecret_key = "{s}"\n' for k, s in CLIENTS.items())
-    text = f"""
-[server]
-listen = "127.0.0.1:{port}"
-base_domains = ["localhost"]
-log_level = "warning"
-{server}
-
-{clients}
-[upstream]
-endpoint = "{upstream.endpoint}"
-access_key = "{upstream.access_key}"
-secret_key = "{upstream.secret_key}"
-addressing = "path"
-
-[upstream.buckets]
-{CLIENT_BUCKET} = "{real_bucket}"
-
-[limits]
-memory_buffer_bytes = 1048576
-max_clock_skew_s = 900
-{limits}
-
-[database]
-url = "sqlite+aiosqlite:///{database or (tmp / 'state.db')}"
-
-[inference]
-{inference}
-
-[screening]
-{screening}
-
-[quarantine]
-path = "{tmp / 'quarantine'}"
-{extra}
-"""
-    path = tmp / "bucketguard.toml"
-    path.write_text(text)
-    return path
+__all__ = ["CLIENTS", "CLIENT_BUCKET", "PICTRS_KEY", "RunningProxy", "new_bucket", "ssl_context", "start_in_process",
+           "start_subprocess", "wait_healthy", "write_config"]
 
 
 @dataclass
@@ -122,40 +81,12 @@ def ssl_context(cafile: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(cafile))
 
 
-def wait_healthy(endpoint: str, process: subprocess.Popen | None = None, timeout: float = 30.0,
-                 log: Path | None = None, verify: ssl.SSLContext | bool = True) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            output = log.read_text() if log and log.exists() else ""
-            raise RuntimeError(f"proxy exited with {process.returncode}:\n{output}")
-        try:
-            if httpx.get(f"{endpoint}/healthz", timeout=2, verify=verify).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"proxy at {endpoint} did not become healthy")
-
-
 def start_in_process(config: Config, upstream: S3Server, real_bucket: str, config_path: Path,
                      screen: Screen | None = None, app: Any = None,
                      tls: tuple[Path, Path] | None = None) -> RunningProxy:
     """uvicorn in a background thread, so a test can plug in its own screen or app (optionally over TLS)."""
-    port = free_port()
     app = app if app is not None else create_app(config, screen=screen)
-    ssl = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           access_log=False, lifespan="on", **ssl))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
-    wait_healthy(endpoint, verify=ssl_context(tls[0]) if tls else True)
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(timeout=15)
-
+    endpoint, stop = serve_in_thread(app, tls=tls)
     return RunningProxy(endpoint, upstream, real_bucket, config_path, stopper=stop, app=app)
 
 
