@@ -144,6 +144,52 @@ class QuarantineConfig:
 
 
 @dataclass(frozen=True)
+class PeerConfig:
+    """One federation peer: where its feed is, its public key, and what its word counts for here."""
+
+    name: str
+    #: Base URL of the peer's proxy; its feed is under /federation/v1/.
+    url: str
+    #: The peer's public key, the line `bucketguard federation keygen` printed there ("ed25519:...").
+    key: str
+    #: "safe" (its clean attestations count towards known-safe), "block" (its blocks go to review here).
+    trust: tuple[str, ...] = ()
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    """`[federation]`: this instance's key and what it publishes, its peers and the quorum rules."""
+
+    enabled: bool = False
+    #: This instance's name in its attestations (e.g. its domain).
+    name: str = ""
+    #: Ed25519 private key (PEM) written by `bucketguard federation keygen`.
+    key_file: str = ""
+    #: What is published: "clean" (detector scans that allowed), "confirmed" (blocks confirmed by a reviewer),
+    #: "hashlist" (hash-list matches). Nothing by default.
+    publish: tuple[str, ...] = ()
+    attestation_ttl_days: float = 30.0
+    peers: tuple[PeerConfig, ...] = ()
+    #: Sum of peer weights attesting clean (with accepted packs, allowed by the local policy) for known-safe.
+    safe_quorum: float = 2.0
+    #: Sum of peer weights attesting a block (exact or PDQ) for the local `on_peer_block` action.
+    block_quorum: float = 1.0
+    #: Packs whose signals are accepted from peers ("name" or "name@version"); empty accepts any pack.
+    accept_packs: tuple[str, ...] = ()
+    on_peer_block: Literal["quarantine", "flag"] = "quarantine"
+    pull_interval_s: float = 60.0
+    max_backoff_s: float = 3600.0
+    pull_timeout_s: float = 20.0
+    max_page_entries: int = 1000
+    max_page_bytes: int = 4 * 1024 * 1024
+    max_pages_per_pull: int = 200
+    max_attestations_per_peer: int = 2_000_000
+    #: Feed requests answered per client address and minute (more get 429).
+    feed_requests_per_minute: int = 600
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     clients: tuple[ClientConfig, ...] = ()
@@ -153,6 +199,7 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     screening: ScreeningConfig = field(default_factory=ScreeningConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
     def client_secret(self, access_key: str) -> str | None:
         for client in self.clients:
@@ -303,7 +350,7 @@ def _check(config: Config) -> None:
         if client.access_key in seen:
             raise ConfigError(f"clients[{i}].access_key: {client.access_key!r} is listed twice")
         seen.add(client.access_key)
-    reserved = {"healthz", "readyz", "metrics", "admin", "validate", "_bucketguard"}
+    reserved = {"healthz", "readyz", "metrics", "admin", "validate", "_bucketguard", "federation"}
     for name in config.upstream.buckets if isinstance(config.upstream.buckets, dict) else ():
         if name in reserved:
             raise ConfigError(f"upstream.buckets.{name}: this name is reserved for the proxy's own endpoints")
@@ -321,6 +368,34 @@ def _check(config: Config) -> None:
         raise ConfigError("database.url: must not be empty")
     if config.quarantine.store == "s3" and not config.quarantine.bucket:
         raise ConfigError("quarantine.bucket: required when quarantine.store is 's3'")
+    _check_federation(config.federation)
+
+
+def _check_federation(fed: FederationConfig) -> None:
+    for kind in fed.publish:
+        if kind not in ("clean", "confirmed", "hashlist"):
+            raise ConfigError(f"federation.publish: expected clean, confirmed or hashlist, got {kind!r}")
+    if fed.enabled and not fed.key_file:
+        raise ConfigError("federation.key_file: required when federation is enabled "
+                          "(bucketguard federation keygen writes one)")
+    names: set[str] = set()
+    for i, peer in enumerate(fed.peers):
+        if not peer.name or not all(ch.isalnum() or ch in "-_." for ch in peer.name) or len(peer.name) > 64:
+            raise ConfigError(f"federation.peers[{i}].name: letters, digits, '-', '_' or '.', got {peer.name!r}")
+        if peer.name in names:
+            raise ConfigError(f"federation.peers[{i}].name: {peer.name!r} is listed twice")
+        names.add(peer.name)
+        if not peer.url.startswith(("http://", "https://")):
+            raise ConfigError(f"federation.peers[{i}].url: expected an http:// or https:// URL, got {peer.url!r}")
+        if not peer.key.startswith("ed25519:"):
+            raise ConfigError(f"federation.peers[{i}].key: expected the 'ed25519:...' line keygen prints")
+        for scope in peer.trust:
+            if scope not in ("safe", "block"):
+                raise ConfigError(f"federation.peers[{i}].trust: expected safe or block, got {scope!r}")
+    if fed.safe_quorum <= 0 or fed.block_quorum <= 0:
+        raise ConfigError("federation.safe_quorum and block_quorum: must be above 0")
+    if not 1 <= fed.max_page_entries <= 10000:
+        raise ConfigError("federation.max_page_entries: must be between 1 and 10000")
 
 
 def parse_config(raw: dict[str, Any], environ: typing.Mapping[str, str] | None = None,
@@ -357,6 +432,7 @@ def _resolve_paths(config: Config, base_dir: Path) -> Config:
             block_lists=tuple(resolve(p) for p in config.screening.block_lists),
         ),
         quarantine=dataclasses.replace(config.quarantine, path=resolve(config.quarantine.path)),
+        federation=dataclasses.replace(config.federation, key_file=resolve(config.federation.key_file)),
     )
 
 
