@@ -15,6 +15,7 @@ from collections.abc import Sequence
 #: Modules that add subcommands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "proxy.commands.serve",
+    "proxy.commands.init",
     "proxy.commands.demo",
     "proxy.commands.config",
     "inference.commands",
