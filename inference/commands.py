@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--out", required=True, help="folder to write the pack to (replaced if it exists)")
     build.add_argument("--model", default="ViT-L-14", help="open_clip model name (clip only)")
     build.add_argument("--pretrained", default="openai", help="open_clip weights tag, or 'none' (clip only)")
+    build.add_argument("--concepts", choices=["nsfw_checker", "check_for_csam"], default=None,
+                       help="the CLIP concept algorithm: horde-safety's NSFWChecker.check_for_nsfw (nsfw_checker, "
+                            "the clip default) or its deprecated check_for_csam (the test pack's default)")
     build.add_argument("--fp16", action="store_true",
                        help="also write float16 variants of the models, used on CUDA with --fp16 (clip, test)")
     build.set_defaults(handler=run_build)
@@ -115,6 +118,8 @@ def run_build(args: argparse.Namespace) -> int:
 
     if args.fp16 and args.kind == "nsfw-age":
         raise CommandError("--fp16 is for the clip and test packs; the nsfw-age models run as shipped")
+    if args.concepts and args.kind == "nsfw-age":
+        raise CommandError("--concepts is for the clip and test packs")
     try:
         if args.kind == "nsfw-age":
             from inference.export.nsfw_age import build
@@ -123,12 +128,13 @@ def run_build(args: argparse.Namespace) -> int:
         elif args.kind == "test":
             from inference.export.test_pack import build
 
-            out = build(args.out, fp16=args.fp16)
+            out = build(args.out, fp16=args.fp16, algorithm=args.concepts or "check_for_csam")
         else:
             from inference.export.clip import ExportUnavailable, build
 
             try:
-                out = build(args.out, args.model, args.pretrained, fp16=args.fp16)
+                out = build(args.out, args.model, args.pretrained, fp16=args.fp16,
+                            algorithm=args.concepts or "nsfw_checker")
             except ExportUnavailable as exc:
                 raise CommandError(str(exc)) from exc
     except (WheelError, Fp16Unavailable) as exc:

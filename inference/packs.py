@@ -71,6 +71,17 @@ class Pack:
         spec = self.models.get(role)
         return self.path / spec.fp16_file if spec is not None and spec.fp16_file else None
 
+    def calibrated_for(self, algorithm: str) -> bool:
+        """Whether the manifest says the concept thresholds of `algorithm` hold for this pack's model.
+
+        Written by the clip builder (`source.calibrated`, and `source.calibrated_for` naming the algorithms):
+        true only for the model the reference thresholds were set on (ViT-L-14/openai).
+        """
+        if not self.source.get("calibrated"):
+            return False
+        named = self.source.get("calibrated_for")
+        return named is None or algorithm in named
+
     def table_path(self, role: str) -> Path:
         try:
             return self.path / self.tables[role]

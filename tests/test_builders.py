@@ -10,8 +10,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from inference.detectors.concepts import ConceptRules
+from inference.detectors.concepts import ConceptRules, load_evaluator
 from inference.export import nsfw_age
+from inference.export.clip import create_arguments
 from inference.export.wheels import PinnedWheel, WheelError, extract, verify
 from inference.packs import load_pack, sha256_file
 from proxy.cli import main
@@ -89,6 +90,46 @@ def test_fp16_is_refused_for_nsfw_age(tmp_path: Path, capsys) -> None:
     assert "--fp16 is for the clip and test packs" in capsys.readouterr().err
 
 
+def test_openai_weights_are_built_with_quick_gelu() -> None:
+    # open_clip 3.x builds ViT-L-14 with nn.GELU and only warns when OpenAI's QuickGELU weights go in
+    assert create_arguments("ViT-L-14", "openai") == {"pretrained": "openai", "force_quick_gelu": True}
+    assert create_arguments("ViT-B-32-quickgelu", "none") == {"pretrained": None, "force_quick_gelu": True}
+    assert create_arguments("ViT-H-14", "laion2b_s32b_b79k")["force_quick_gelu"] is False
+
+
+def test_the_test_pack_can_carry_either_concept_algorithm(tmp_path: Path, capsys) -> None:
+    assert main(["model", "build", "test", "--concepts", "nsfw_checker", "--out", str(tmp_path / "n")]) == 0
+    pack = load_pack(tmp_path / "n")
+    rules = load_evaluator(pack.table_path("rules"))
+    assert rules.algorithm == "nsfw_checker" and np.load(pack.table_path("concepts")).shape[0] == len(rules.words)
+    assert "clip_underage_subject" in pack.signals and not pack.calibrated_for("nsfw_checker")
+    assert main(["model", "build", "nsfw-age", "--concepts", "nsfw_checker", "--out", str(tmp_path / "x")]) == 2
+    assert "--concepts is for the clip and test packs" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_clip_export_with_quick_gelu_matches_the_torch_model_with_the_same_activation(tmp_path: Path) -> None:
+    """Export lane only: needs the `export` extra (torch is not in CI's install)."""
+    open_clip = pytest.importorskip("open_clip", reason="the `export` extra (torch, open_clip) is not installed")
+    import torch
+
+    from inference.export.clip import build
+
+    pack = load_pack(build(tmp_path / "clip", "ViT-B-32-quickgelu", "none", seed=3))
+    assert pack.source["activation"] == "quick_gelu" and not pack.calibrated_for("nsfw_checker")
+    torch.manual_seed(3)
+    model = open_clip.create_model("ViT-B-32", pretrained=None, force_quick_gelu=True).eval()
+    gelu = open_clip.create_model("ViT-B-32", pretrained=None).eval()
+    gelu.load_state_dict(model.state_dict())
+    pixels = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        expected, other = model.encode_image(pixels).numpy(), gelu.encode_image(pixels).numpy()
+    actual = ort.InferenceSession(str(pack.model_path("image")), providers=["CPUExecutionProvider"]).run(
+        None, {"pixels": pixels.numpy()})[0]
+    assert np.abs(actual - expected).max() < 1e-4
+    assert np.abs(actual - other).max() > 1e-3  # the activation really differs: GELU would not match
+
+
 def test_clip_export_of_a_random_open_clip_model_matches_torch(tmp_path: Path) -> None:
     open_clip = pytest.importorskip("open_clip", reason="the `export` extra (torch, open_clip) is not installed")
     import torch
@@ -106,5 +147,5 @@ def test_clip_export_of_a_random_open_clip_model_matches_torch(tmp_path: Path) -
     actual = session.run(None, {"pixels": pixels.numpy()})[0]
     assert actual.shape == expected.shape and np.abs(actual - expected).max() < 1e-4
     table = np.load(pack.table_path("concepts"))
-    assert table.shape == (len(ConceptRules.load(pack.table_path("rules")).words), expected.shape[1])
+    assert table.shape == (len(load_evaluator(pack.table_path("rules")).words), expected.shape[1])
     np.testing.assert_allclose(np.linalg.norm(table, axis=1), 1.0, atol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ from inference.detectors.nsfw_age import NUDENET_CLASSES, decode_parts
 from inference.packs import load_pack
 from inference.runtime import RuntimeOptions
 
-RULES = ConceptRules.load()
+SHIPPED = ConceptRules.load()
+#: The rules without the NSFW-model adjustments, so the hand-worked cases below read against the plain thresholds.
+RULES = dataclasses.replace(SHIPPED, model_nsfw=False)
 
 
 def similarities(**values: float) -> dict[str, float]:
@@ -34,6 +37,20 @@ def test_three_underage_hits_and_one_lewd_hit_is_csam() -> None:
     decision = evaluate(RULES, similarities(child=0.19, children=0.19, teen=0.211, porn=0.201))
     assert decision.csam and decision.underage_hits == ["child", "children", "teen"]
     assert decision.lewd_hits == ["porn"]
+
+
+def test_the_shipped_rules_apply_the_nsfw_model_adjustments_as_fedi_safety_calls_them() -> None:
+    # fedi-safety passes model_info {"nsfw": True}: nudity/naked +0.02, porn +0.015, orgy +0.01 before the rules
+    assert SHIPPED.model_nsfw and dict(SHIPPED.nsfw_model_adjustments) == {
+        "nudity": 0.02, "naked": 0.02, "porn": 0.015, "orgy": 0.01}
+    young = {"child": 0.19, "children": 0.19, "teen": 0.211}
+    assert not evaluate(RULES, similarities(**young, porn=0.19)).csam
+    raised = evaluate(SHIPPED, similarities(**young, porn=0.19))  # 0.19 + 0.015 > 0.2
+    assert raised.csam and raised.lewd_hits == ["porn"] and raised.adjusted["porn"] == pytest.approx(0.205)
+    assert not evaluate(SHIPPED, similarities(**young, porn=0.185)).csam  # 0.185 + 0.015 is not > 0.2
+    assert evaluate(SHIPPED, similarities(**young, orgy=0.2001)).lewd_hits == ["orgy"]  # 0.2101 > 0.21
+    assert evaluate(SHIPPED, similarities(**young, nudity=0.176)).lewd_hits == ["nudity"]
+    assert evaluate(SHIPPED, similarities(**young, hentai=0.249)).lewd_hits == []  # hentai is not adjusted
 
 
 def test_thresholds_are_strict() -> None:

@@ -1,4 +1,8 @@
-"""`clip-concepts`: an ONNX CLIP image tower and a concept-embedding table -> concept-group signals."""
+"""`clip-concepts`: an ONNX CLIP image tower and a concept-embedding table -> concept-group signals.
+
+The pack's `rules.json` names the concept algorithm (`check_for_csam`, horde-safety's deprecated check, or
+`nsfw_checker`, its newer `NSFWChecker.check_for_nsfw`); the concept table has one row per phrase of it.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +23,12 @@ class ClipConceptsDetector:
         self.spec = pack.models["image"]
         self.input_size = self.spec.size
         self.session, self.provider = create_session(model_path, options, fp16_path=pack.fp16_path("image"))
-        self.rules = concepts.ConceptRules.load(pack.table_path("rules"))
+        try:
+            self.rules = concepts.load_evaluator(pack.table_path("rules"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise PackError(f"{pack.table_path('rules')}: unusable concept rules: {exc}") from exc
+        self.algorithm = self.rules.algorithm
+        self.calibrated = pack.calibrated_for(self.algorithm)
         table = np.load(pack.table_path("concepts"), allow_pickle=False).astype(np.float32)
         words = self.rules.words
         if table.shape[0] != len(words):
@@ -40,8 +49,5 @@ class ClipConceptsDetector:
         return self.infer([self.prepare(frame) for frame in frames])
 
     def infer(self, prepared: list[np.ndarray]) -> list[dict[str, float]]:
-        out = []
-        for row in self.similarities(prepared):
-            decision = concepts.evaluate(self.rules, dict(zip(self.words, (float(v) for v in row), strict=True)))
-            out.append(concepts.signals(decision))
-        return out
+        return [self.rules.signals(dict(zip(self.words, (float(v) for v in row), strict=True)))
+                for row in self.similarities(prepared)]

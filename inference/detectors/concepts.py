@@ -1,9 +1,14 @@
 """The CLIP concept decision: underage AND lewd concept hits, with control words that lower the underage scores.
 
-A faithful re-statement (as data plus this evaluator) of horde-safety's CSAM check for images without a prompt:
+A faithful re-statement (as data plus this evaluator) of horde-safety's deprecated `check_for_csam` for images
+without a prompt, called as fedi-safety calls it (`model_info={"nsfw": True}`): the NSFW-model adjustments raise
+four lewd similarities (nudity and naked +0.02, porn +0.015, orgy +0.01) when `model_nsfw` is set; then the
 control-word adjustments apply in order, each skipped for a word whose plural/singular partner already clears
 that word's threshold; a word counts once per threshold it clears (context) and twice more when it clears the
 critical one; a CSAM verdict needs at least `min_underage_hits` underage hits and one lewd hit.
+
+`load_evaluator` picks this evaluator or the newer one (`inference.detectors.nsfw_checker`) by the rules file's
+`algorithm` field.
 """
 
 from __future__ import annotations
@@ -12,7 +17,11 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+ALGORITHM = "check_for_csam"
+#: Rules files shipped in inference/data, by algorithm.
+RULES_FILES = {"check_for_csam": "csam_concepts.json", "nsfw_checker": "nsfw_checker.json"}
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,11 @@ class ConceptRules:
     control_adjustments: tuple[tuple[str, float, tuple[tuple[str, float], ...]], ...]
     pairs: dict[str, str]
     min_underage_hits: int = 3
+    #: The reference's NSFW_MODEL_ADJUSTMENTS, applied when `model_nsfw` (fedi-safety passes {"nsfw": True}).
+    nsfw_model_adjustments: tuple[tuple[str, float], ...] = ()
+    model_nsfw: bool = False
+
+    algorithm = ALGORITHM
 
     @property
     def words(self) -> list[str]:
@@ -44,6 +58,8 @@ class ConceptRules:
                 for c in data["control_adjustments"]),
             pairs={str(k): str(v) for k, v in data["pairs"].items()},
             min_underage_hits=int(data.get("min_underage_hits", 3)),
+            nsfw_model_adjustments=tuple((str(w), float(d)) for w, d in data.get("nsfw_model_adjustments", ())),
+            model_nsfw=bool(data.get("model_nsfw", False)),
         )
 
     @classmethod
@@ -53,6 +69,9 @@ class ConceptRules:
         else:
             text = path.read_text(encoding="utf-8")
         return cls.from_dict(json.loads(text))
+
+    def signals(self, similarity: dict[str, float]) -> dict[str, float]:
+        return signals(evaluate(self, similarity))
 
 
 @dataclass(frozen=True)
@@ -67,6 +86,9 @@ class ConceptDecision:
 
 def evaluate(rules: ConceptRules, similarity: dict[str, float]) -> ConceptDecision:
     sim = dict(similarity)
+    if rules.model_nsfw:
+        for word, delta in rules.nsfw_model_adjustments:
+            sim[word] += delta
     for control, threshold, adjustments in rules.control_adjustments:
         if sim[control] > threshold:
             for word, delta in adjustments:
@@ -113,3 +135,41 @@ def signals(decision: ConceptDecision) -> dict[str, float]:
         "clip_underage_margin": underage,
         "clip_lewd_margin": lewd,
     }
+
+
+class ConceptEvaluator(Protocol):
+    """What the CLIP detector needs from a concept algorithm."""
+
+    algorithm: str
+
+    @property
+    def words(self) -> list[str]: ...
+
+    def signals(self, similarity: dict[str, float]) -> dict[str, float]: ...
+
+
+def rules_text(algorithm: str) -> str:
+    """The shipped rules file of an algorithm (`check_for_csam` or `nsfw_checker`)."""
+    try:
+        name = RULES_FILES[algorithm]
+    except KeyError as exc:
+        raise ValueError(f"unknown concept algorithm {algorithm!r} (known: {', '.join(RULES_FILES)})") from exc
+    return resources.files("inference.data").joinpath(name).read_text(encoding="utf-8")
+
+
+def evaluator_from_dict(data: dict[str, Any]) -> ConceptEvaluator:
+    """The evaluator a rules file names in `algorithm` (files without one are `check_for_csam`)."""
+    algorithm = str(data.get("algorithm", ALGORITHM))
+    if algorithm == ALGORITHM:
+        return ConceptRules.from_dict(data)
+    if algorithm == "nsfw_checker":
+        from inference.detectors.nsfw_checker import NsfwCheckerRules
+
+        return NsfwCheckerRules(data)
+    raise ValueError(f"unknown concept algorithm {algorithm!r} (known: {', '.join(RULES_FILES)})")
+
+
+def load_evaluator(path: Path | None = None, algorithm: str = ALGORITHM) -> ConceptEvaluator:
+    """A pack's rules file, or the shipped rules of `algorithm` when no path is given."""
+    text = path.read_text(encoding="utf-8") if path is not None else rules_text(algorithm)
+    return evaluator_from_dict(json.loads(text))

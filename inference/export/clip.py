@@ -2,17 +2,21 @@
 
 Needs the `export` extra (torch, open-clip-torch, onnxscript); run it on any machine that can fetch the
 weights (no model hub is needed for `--pretrained none`, which gives random weights for testing).
+
+OpenAI's CLIP weights were trained with QuickGELU (x * sigmoid(1.702 x)). open_clip 3.x builds `ViT-L-14` with
+nn.GELU and only warns when the openai weights are loaded into it, so the embeddings (and every threshold
+calibrated on them) would drift: the builder asks for QuickGELU whenever the weights are OpenAI's or the model
+name says `-quickgelu`, and records the activation in the manifest.
 """
 
 from __future__ import annotations
 
 import shutil
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from inference.detectors.concepts import SIGNALS, ConceptRules
+from inference.detectors import concepts
 from inference.export.fp16 import write_fp16_variant
 from inference.packs import write_manifest
 
@@ -49,29 +53,48 @@ def export_tower(model, path: Path, size: int, torch) -> None:
                           dynamo=False)
 
 
+#: The model and weights the reference thresholds were calibrated on (both concept algorithms).
+CALIBRATED = ("ViT-L-14", "openai")
+DEFAULT_ALGORITHM = "nsfw_checker"
+
+
+def quick_gelu(model_name: str, pretrained: str | None) -> bool:
+    """Whether the tower must be built with QuickGELU: OpenAI's weights, or a `-quickgelu` model name."""
+    return pretrained == "openai" or model_name.endswith("-quickgelu")
+
+
+def create_arguments(model_name: str, pretrained: str | None) -> dict[str, object]:
+    """Keyword arguments for `open_clip.create_model`, the activation made explicit."""
+    return {"pretrained": None if pretrained in (None, "none") else pretrained,
+            "force_quick_gelu": quick_gelu(model_name, pretrained)}
+
+
 def build(out: Path, model_name: str = "ViT-L-14", pretrained: str | None = "openai", *,
-          fp16: bool = False, seed: int = 0) -> Path:
-    """Export the image tower and compute the concept table; `pretrained` None/"none": random weights from
-    `seed` (torch.manual_seed), for tests."""
+          fp16: bool = False, seed: int = 0, algorithm: str = DEFAULT_ALGORITHM) -> Path:
+    """Export the image tower and compute the concept table of `algorithm` (`nsfw_checker` or
+    `check_for_csam`); `pretrained` None/"none": random weights from `seed` (torch.manual_seed), for tests."""
+    rules_text = concepts.rules_text(algorithm)
     torch, open_clip = _imports()
     out = Path(out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     torch.manual_seed(seed)
-    model = open_clip.create_model(model_name, pretrained=None if pretrained in (None, "none") else pretrained)
+    arguments = create_arguments(model_name, pretrained)
+    model = open_clip.create_model(model_name, **arguments)
     size = int(model.visual.image_size[0] if isinstance(model.visual.image_size, tuple | list)
                else model.visual.image_size)
     export_tower(model, out / "tower.onnx", size, torch)
     if fp16:
         write_fp16_variant(out / "tower.onnx", out / "tower.fp16.onnx")
-    rules_text = resources.files("inference.data").joinpath("csam_concepts.json").read_text(encoding="utf-8")
     (out / "rules.json").write_text(rules_text, encoding="utf-8")
-    words = ConceptRules.load(out / "rules.json").words
+    evaluator = concepts.load_evaluator(out / "rules.json")
+    words = evaluator.words
     tokenizer = open_clip.get_tokenizer(model_name)
     with torch.no_grad():
         text = model.encode_text(tokenizer(words)).float()
     table = (text / text.norm(dim=-1, keepdim=True)).numpy().astype(np.float32)
     np.save(out / "concepts.npy", table)
+    calibrated = (model_name.removesuffix("-quickgelu"), pretrained) == CALIBRATED
     mean = list(getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN)
     std = list(getattr(model.visual, "image_std", None) or open_clip.OPENAI_DATASET_STD)
     write_manifest(out, {
@@ -83,10 +106,19 @@ def build(out: Path, model_name: str = "ViT-L-14", pretrained: str | None = "ope
                              "mean": mean, "std": std,
                              "fp16_file": "tower.fp16.onnx" if fp16 else None}},
         "tables": {"concepts": "concepts.npy", "rules": "rules.json"},
-        "signals": list(SIGNALS),
+        "signals": list(signal_names(evaluator)),
         "files": ["tower.onnx", "concepts.npy", "rules.json", *(["tower.fp16.onnx"] if fp16 else [])],
         "licences": {"tower.onnx": "weights as licensed by their source (OpenAI CLIP: MIT)"},
-        "source": {"model": model_name, "pretrained": pretrained, "calibrated": model_name == "ViT-L-14"
-                   and pretrained == "openai"},
+        "source": {"model": model_name, "pretrained": pretrained, "concepts": evaluator.algorithm,
+                   "activation": "quick_gelu" if arguments["force_quick_gelu"] else "model default",
+                   "calibrated": calibrated, "calibrated_for": list(concepts.RULES_FILES) if calibrated else []},
     })
     return out
+
+
+def signal_names(evaluator: concepts.ConceptEvaluator) -> tuple[str, ...]:
+    if evaluator.algorithm == "nsfw_checker":
+        from inference.detectors.nsfw_checker import SIGNALS
+
+        return SIGNALS
+    return concepts.SIGNALS
