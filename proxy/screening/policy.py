@@ -1,6 +1,7 @@
 """The policy: named rules over signals, each with an action, read from a TOML file and validated.
 
     version = "2026-11"                 # optional; otherwise the file's SHA-256 names the version
+    preset = "balanced"                 # optional: strict | balanced | lenient (defaults/presets.toml)
     on_undecodable = "flag"             # media that cannot be decoded
     on_non_media = "allow"              # content types that are not image/* or video/*
     on_unavailable = "defer"            # detectors unreachable: defer | refuse | allow
@@ -13,7 +14,11 @@
 
 Rules are tried in file order and the first whose conditions all hold decides; a rule naming a signal the
 detectors did not produce does not fire. No expression is ever evaluated: conditions are parsed into
-(operator, number) pairs.
+(operator, number) pairs. A preset's rules come after the file's own, and its settings apply where the file
+sets none (what each preset changes is written at the top of defaults/presets.toml).
+
+CLIP concept thresholds hold only for the model they were calibrated on: `calibration_problems` names every
+rule on a `clip_*` signal when a loaded CLIP pack is not calibrated for its concept algorithm.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import hashlib
 import operator
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,8 @@ _OPERATORS: dict[str, Callable[[float, float], bool]] = {
 _CONDITION = re.compile(r"^\s*(>=|<=|==|>|<)\s*(-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)\s*$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 DEFAULT_POLICY = Path(__file__).parent / "defaults" / "policy.toml"
+PRESETS_FILE = Path(__file__).parent / "defaults" / "presets.toml"
+PRESETS = ("strict", "balanced", "lenient")
 
 
 class PolicyError(ValueError):
@@ -79,6 +86,7 @@ class Policy:
     on_unavailable: str = "defer"
     version: str = ""
     source: str = ""
+    preset: str = ""
 
     def decide(self, signals: Mapping[str, float], *, undecodable: bool = False, media: bool = True) -> Decision:
         if not media:
@@ -134,11 +142,38 @@ def _choice(value: Any, choices: tuple[str, ...], where: str) -> str:
     return str(value)
 
 
+def preset_tables() -> dict[str, dict[str, Any]]:
+    """The shipped presets, by name, as raw policy tables."""
+    return tomllib.loads(PRESETS_FILE.read_text(encoding="utf-8"))
+
+
+def with_preset(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A raw policy with its `preset` expanded: the file's rules first, then the preset's; the file's settings
+    win over the preset's."""
+    merged = dict(raw)
+    name = merged.pop("preset", None)
+    if name is None:
+        return merged
+    if name not in PRESETS:
+        raise PolicyError(f"preset: expected one of {', '.join(PRESETS)}, got {name!r}")
+    preset = dict(preset_tables()[name])
+    own = merged.get("rule", [])
+    if not isinstance(own, list):
+        raise PolicyError("rule: expected [[rule]] tables")
+    taken = {item.get("name") for item in own if isinstance(item, dict)}
+    merged["rule"] = [*own, *(rule for rule in preset.pop("rule", []) if rule["name"] not in taken)]
+    for key, value in preset.items():
+        merged.setdefault(key, value)
+    merged["preset"] = name
+    return merged
+
+
 def parse_policy(raw: Mapping[str, Any], *, source: str = "", digest: str = "") -> Policy:
-    known = {"version", "on_undecodable", "on_non_media", "on_unavailable", "rule"}
+    known = {"version", "preset", "on_undecodable", "on_non_media", "on_unavailable", "rule"}
     for key in raw:
         if key not in known:
             raise PolicyError(f"{key}: unknown setting (known: {', '.join(sorted(known))})")
+    raw = with_preset(raw)
     rules: list[Rule] = []
     names: set[str] = set()
     raw_rules = raw.get("rule", [])
@@ -174,7 +209,35 @@ def parse_policy(raw: Mapping[str, Any], *, source: str = "", digest: str = "") 
         on_unavailable=_choice(raw.get("on_unavailable", "defer"), UNAVAILABLE, "on_unavailable"),
         version=str(version),
         source=source,
+        preset=str(raw.get("preset", "")),
     )
+
+
+def load_preset(name: str) -> Policy:
+    """One shipped preset on its own, as a policy."""
+    return parse_policy({"preset": name}, source=f"preset {name}",
+                        digest=hashlib.sha256(PRESETS_FILE.read_bytes() + name.encode()).hexdigest())
+
+
+CLIP_PACK_KINDS = ("clip-concepts", "test")
+
+
+def clip_rules(policy: Policy) -> list[Rule]:
+    """The rules that read a CLIP concept signal."""
+    return [rule for rule in policy.rules if any(c.signal.startswith("clip_") for c in rule.conditions)]
+
+
+def calibration_problems(policy: Policy, packs: Iterable[tuple[str, str, bool]]) -> list[str]:
+    """One line per (CLIP rule, uncalibrated CLIP pack): `packs` are (name, kind, calibrated) of the loaded packs.
+
+    The reference thresholds were set on CLIP ViT-L-14/openai; on any other tower (or the test pack) a
+    `clip_*` rule fires on numbers that mean something else.
+    """
+    rules = clip_rules(policy)
+    return [f"rule {rule.name!r} reads {', '.join(sorted({c.signal for c in rule.conditions}))} but pack "
+            f"{name!r} ({kind}) is not calibrated for its concept thresholds: its clip_* signals mean nothing "
+            "against them (recalibrate the thresholds, or build the pack from ViT-L-14/openai)"
+            for name, kind, calibrated in packs if kind in CLIP_PACK_KINDS and not calibrated for rule in rules]
 
 
 def load_policy(path: str | Path | None = None) -> Policy:
