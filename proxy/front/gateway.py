@@ -8,6 +8,7 @@ Routing rule for the proxy's own endpoints (`/healthz`, `/readyz`, `/metrics`, `
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import secrets
 import time
@@ -30,6 +31,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.s3 import sigv4
 from proxy.s3.addressing import bucket_from_host, resolve
 from proxy.s3.errors import S3Error
+from proxy.s3.operations_table import describe, operation_for
 from proxy.screening.upload import Screen, allow_all
 from proxy.state import Database
 from proxy.storage.upstream import Upstream
@@ -53,22 +55,16 @@ class AppState:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def _operation_name(method: str, has_key: bool, query: dict[str, str]) -> str:
-    if not has_key:
-        if method == "GET":
-            return "GetBucketLocation" if "location" in query else "ListObjects"
-        return {"HEAD": "HeadBucket"}.get(method, f"{method}Bucket")
-    if method == "PUT":
-        return "UploadPart" if "partNumber" in query and "uploadId" in query else "PutObject"
-    if method == "POST":
-        if "uploads" in query:
-            return "CreateMultipartUpload"
-        if "uploadId" in query:
-            return "CompleteMultipartUpload"
-        return "PostObject"
-    if method == "DELETE":
-        return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
-    return {"GET": "GetObject", "HEAD": "HeadObject"}.get(method, method)
+#: errno values of a full disk (spool or quarantine): the client should retry later, nothing has landed.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _header_text(value: bytes) -> str:
+    """Header values as the client signed them: UTF-8 when they are (x-amz-meta-*), else latin-1."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
 
 
 def _parse_query(raw: str) -> dict[str, str]:
@@ -95,7 +91,7 @@ class S3Front:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
         raw_query = scope.get("query_string", b"").decode("latin-1")
         query = _parse_query(raw_query)
-        header_list = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+        header_list = [(k.decode("latin-1").lower(), _header_text(v)) for k, v in scope["headers"]]
         headers = request.headers
         operation = "Unknown"
         access_key = ""
@@ -103,16 +99,25 @@ class S3Front:
         try:
             target = resolve(headers.get("host", ""), raw_path, state.config.server.base_domains)
             bucket, key = target.bucket, target.key
-            operation = _operation_name(method, key is not None, query) if bucket else f"{method}Service"
+            operation = describe(method, bucket, key, query)
             auth = sigv4.verify(
                 method, raw_path.decode("latin-1"), raw_query, header_list, secrets=state.config.client_secret,
                 region=state.config.server.region, max_skew_s=state.config.limits.max_clock_skew_s,
                 max_expires_s=state.config.limits.max_presign_expires_s, session_tokens=self._session_token(state))
             access_key = auth.access_key
+            operation = operation_for(method, bucket, key, query, headers)  # after auth, as S3 answers
             response = await self._dispatch(state, request, method, query, auth, bucket, key, request_id,
-                                            operation)
+                                            operation, tuple(header_list))
         except S3Error as error:
             response = self._error_response(error, method, request_id, resource=str(scope.get("path", "")))
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                log.exception("unexpected failure", extra={"fields": {"request_id": request_id}})
+                error = S3Error("InternalError")
+            else:  # spool or quarantine disk full: nothing landed, the client retries later
+                log.error("disk full: %s", exc, extra={"fields": {"request_id": request_id}})
+                error = S3Error("SlowDown", "The server is out of disk space for uploads; retry later.")
+            response = self._error_response(error, method, request_id, resource="")
         except Exception:
             log.exception("unexpected failure", extra={"fields": {"request_id": request_id}})
             response = self._error_response(S3Error("InternalError"), method, request_id, resource="")
@@ -142,32 +147,21 @@ class S3Front:
 
     async def _dispatch(self, state: AppState, request: Request, method: str, query: dict[str, str],
                         auth: sigv4.AuthContext, bucket: str | None, key: str | None, request_id: str,
-                        operation: str) -> Response:
-        if bucket is None:
-            raise S3Error("NotImplemented", "Service-level operations are not supported through this proxy.")
-        real_bucket = state.config.real_bucket(bucket)
-        if real_bucket is None:
-            raise S3Error("NoSuchBucket", resource=bucket)
+                        operation: str, raw_headers: tuple[tuple[str, str], ...]) -> Response:
+        ops = state.operations
+        real_bucket = ""
+        if bucket is not None:
+            served = ops.served_real_bucket(bucket)  # never the quarantine bucket, whatever the map
+            if served is None:
+                if state.config.quarantine.store == "s3" and bucket == state.config.quarantine.bucket:
+                    raise S3Error("AccessDenied", "This bucket is not served through this proxy.", resource=bucket)
+                raise S3Error("NoSuchBucket", resource=bucket)
+            real_bucket = served
         if key is not None and key.startswith(INTERNAL_PREFIX):
             raise S3Error("AccessDenied", "This key is reserved by the proxy.")
-        call = Call(request, request.headers, query, auth, bucket, real_bucket, key, request_id, operation)
-        ops = state.operations
-        handler = {
-            "GetObject": ops.get_object,
-            "HeadObject": ops.head_object,
-            "PutObject": ops.put_object,
-            "DeleteObject": ops.delete_object,
-            "UploadPart": ops.upload_part,
-            "CreateMultipartUpload": ops.create_multipart_upload,
-            "CompleteMultipartUpload": ops.complete_multipart_upload,
-            "AbortMultipartUpload": ops.abort_multipart_upload,
-            "HeadBucket": ops.head_bucket,
-            "ListObjects": ops.list_objects,
-            "GetBucketLocation": ops.bucket_location,
-        }.get(operation)
-        if handler is None:
-            raise S3Error("NotImplemented", f"{operation} is not supported through this proxy.")
-        return await handler(call)
+        call = Call(request, request.headers, query, auth, bucket or "", real_bucket, key, request_id, operation,
+                    raw_headers)
+        return await ops.handler(operation)(call)
 
 
 class Gateway:
@@ -213,7 +207,7 @@ def create_app(config: Config, *, screen: Screen | None = None,
         state = get_state()
         try:
             await state.db.ping()
-            await state.upstream.ready(sorted(set(state.config.upstream.buckets.values())))
+            await state.upstream.ready(sorted(set(state.config.bucket_map.values())))
         except Exception as exc:  # readiness reports any failure as not ready
             return PlainTextResponse(f"not ready: {exc}\n", status_code=503)
         return PlainTextResponse("ready\n")

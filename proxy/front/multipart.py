@@ -8,7 +8,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import BigInteger, Column, Integer, String, Table, Text, and_, delete, func, select, update
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Integer,
+    String,
+    Table,
+    Text,
+    and_,
+    delete,
+    func,
+    inspect,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 
 from proxy.state import Database, Migration, create_tables, metadata, now_text
@@ -26,7 +41,12 @@ multipart_uploads = Table(
     Column("content_type", String(255), nullable=False, default=""),
     Column("metadata_json", Text, nullable=False, default="{}"),
     Column("created_at", String(40), nullable=False),
-    Column("state", String(16), nullable=False),  # open, completing, done, aborted
+    Column("state", String(16), nullable=False),  # open, staged, completing, done, aborted
+    #: While `completing`: when the completer's lease runs out (it renews it while it screens); after
+    #: that a retried Complete, an Abort or the janitor may take the upload over.
+    Column("lease_until", String(40), nullable=False, server_default=""),
+    #: Once `done`: the landed object's ETag, so that a repeated Complete answers as S3 does.
+    Column("final_etag", String(255), nullable=False, server_default=""),
 )
 
 multipart_parts = Table(
@@ -40,7 +60,20 @@ multipart_parts = Table(
     Column("updated_at", String(40), nullable=False),
 )
 
-MIGRATIONS = [Migration("multipart-0001", create_tables(multipart_uploads, multipart_parts))]
+
+
+def _add_lease_columns(conn: Connection) -> None:
+    present = {c["name"] for c in inspect(conn).get_columns("multipart_uploads")}
+    for name in ("lease_until", "final_etag"):
+        if name not in present:
+            kind = multipart_uploads.c[name].type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE multipart_uploads ADD COLUMN {name} {kind} NOT NULL DEFAULT ''")
+
+
+MIGRATIONS = [Migration("multipart-0001", create_tables(multipart_uploads, multipart_parts)),
+              Migration("multipart-0002", _add_lease_columns)]
+#: Non-final states: each can be recovered (Complete retried, Abort, or the janitor).
+LIVE_STATES = ("open", "staged", "completing")
 
 
 @dataclass(frozen=True)
@@ -56,6 +89,8 @@ class MultipartUpload:
     metadata: dict[str, str]
     created_at: str
     state: str
+    lease_until: str = ""
+    final_etag: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,6 +98,11 @@ class PartRecord:
     part_number: int
     size: int
     etag: str
+    updated_at: str = ""
+
+
+def _stamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def new_upload_id() -> str:
@@ -109,7 +149,7 @@ class MultipartState:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(multipart_parts).where(
                 multipart_parts.c.upload_id == upload_id))).mappings().all()
-        return {r["part_number"]: PartRecord(r["part_number"], r["size"], r["etag"]) for r in rows}
+        return {r["part_number"]: PartRecord(r["part_number"], r["size"], r["etag"], r["updated_at"]) for r in rows}
 
     async def total_size(self, upload_id: str) -> int:
         async with self._engine.connect() as conn:
@@ -124,6 +164,81 @@ class MultipartState:
                 multipart_uploads.c.upload_id == upload_id, multipart_uploads.c.state.in_(from_states),
             )).values(state=to_state))
         return result.rowcount == 1
+
+    async def claim_completion(self, upload_id: str, lease_s: float) -> str | None:
+        """Take the upload for completion: from open or staged, or from `completing` whose lease ran out.
+
+        Returns the state it was taken from ("open", "staged" or "completing"), None when another request or
+        replica holds it (or it is final). Exactly one caller wins, across replicas.
+        """
+        now = datetime.now(UTC)
+        lease = _stamp(now + timedelta(seconds=lease_s))
+        c = multipart_uploads.c
+        for from_state in ("open", "staged", "completing"):
+            condition = c.state == from_state
+            if from_state == "completing":
+                condition = and_(condition, c.lease_until < _stamp(now))
+            async with self._engine.begin() as conn:
+                result = await conn.execute(update(multipart_uploads).where(and_(
+                    c.upload_id == upload_id, condition)).values(state="completing", lease_until=lease))
+            if result.rowcount == 1:
+                return from_state
+        return None
+
+    async def renew_lease(self, upload_id: str, lease_s: float) -> None:
+        """The completer's heartbeat while it screens."""
+        lease = _stamp(datetime.now(UTC) + timedelta(seconds=lease_s))
+        async with self._engine.begin() as conn:
+            await conn.execute(update(multipart_uploads).where(and_(
+                multipart_uploads.c.upload_id == upload_id, multipart_uploads.c.state == "completing",
+            )).values(lease_until=lease))
+
+    async def finish(self, upload_id: str, etag: str) -> bool:
+        """completing -> done, keeping the landed ETag for a repeated Complete."""
+        async with self._engine.begin() as conn:
+            result = await conn.execute(update(multipart_uploads).where(and_(
+                multipart_uploads.c.upload_id == upload_id, multipart_uploads.c.state == "completing",
+            )).values(state="done", final_etag=etag, lease_until=""))
+        return result.rowcount == 1
+
+    async def claim_abort(self, upload_id: str) -> str | None:
+        """Abort from any non-final state (`completing` only once its lease ran out); the state it left."""
+        now = _stamp(datetime.now(UTC))
+        c = multipart_uploads.c
+        for from_state in LIVE_STATES:
+            condition = c.state == from_state
+            if from_state == "completing":
+                condition = and_(condition, c.lease_until < now)
+            async with self._engine.begin() as conn:
+                result = await conn.execute(update(multipart_uploads).where(and_(
+                    c.upload_id == upload_id, condition)).values(state="aborted", lease_until=""))
+            if result.rowcount == 1:
+                return from_state
+        return None
+
+    async def live_uploads(self, bucket: str, *, prefix: str = "", key_marker: str = "", upload_id_marker: str = "",
+                           limit: int = 1000) -> list[MultipartUpload]:
+        """A client bucket's uploads not yet completed or aborted, in (key, upload id) order, after the markers."""
+        c = multipart_uploads.c
+        conditions = [c.bucket == bucket, c.state.in_(LIVE_STATES)]
+        if prefix:
+            conditions.append(func.substr(c.key, 1, len(prefix)) == prefix)
+        if key_marker:
+            after = c.key > key_marker
+            if upload_id_marker:
+                after = or_(after, and_(c.key == key_marker, c.upload_id > upload_id_marker))
+            conditions.append(after)
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(multipart_uploads).where(and_(*conditions)).order_by(
+                c.key, c.upload_id).limit(limit))).mappings().all()
+        return [_upload_from_row(row) for row in rows]
+
+    async def staging_keys_in_use(self, real_bucket: str) -> set[str]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(multipart_uploads.c.staging_key).where(and_(
+                multipart_uploads.c.real_bucket == real_bucket,
+                multipart_uploads.c.state.in_(LIVE_STATES))))).all()
+        return {row[0] for row in rows}
 
     async def forget_parts(self, upload_id: str) -> None:
         async with self._engine.begin() as conn:
@@ -151,7 +266,7 @@ class MultipartState:
     async def list_stale_uploads(self, older_than: timedelta,
                                  states: tuple[str, ...] = ("open",)) -> list[MultipartUpload]:
         """Uploads left in `states` for longer than `older_than`, for the cleanup job."""
-        cutoff = (datetime.now(UTC) - older_than).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        cutoff = _stamp(datetime.now(UTC) - older_than)
         return await self.stale(cutoff, states)
 
 

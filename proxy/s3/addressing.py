@@ -79,3 +79,27 @@ def resolve(host: str, raw_path: bytes | str, base_domains: Iterable[str]) -> Ta
     if not sep or not raw_key:
         return Target(bucket, None)
     return Target(bucket, decode_key(raw_key))
+
+
+@dataclass(frozen=True)
+class CopySource:
+    bucket: str
+    key: str
+    version_id: str = ""
+
+
+def parse_copy_source(value: str) -> CopySource:
+    """`x-amz-copy-source`: `[/]bucket/key[?versionId=...]`, percent-encoded as clients send it."""
+    path, _, query = value.partition("?")
+    version_id = ""
+    if query:
+        name, _, version = query.partition("=")
+        if name != "versionId" or not version:
+            raise S3Error("InvalidArgument", "Invalid copy source: only ?versionId= may follow the key.")
+        version_id = unquote_to_bytes(version).decode("utf-8", "replace")
+    bucket_raw, sep, key_raw = path.lstrip("/").partition("/")
+    if not sep or not bucket_raw or not key_raw:
+        raise S3Error("InvalidArgument", "Copy Source must mention the source bucket and key: "
+                      "sourcebucket/sourcekey")
+    return CopySource(check_bucket_name(decode_key(bucket_raw.encode("latin-1", "replace"))),
+                      decode_key(key_raw.encode("utf-8")), version_id)

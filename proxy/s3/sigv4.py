@@ -320,7 +320,9 @@ def _verify_presigned(method: str, raw_path: str, raw_query: str, query: dict[st
     except ValueError as exc:
         raise S3Error(code, "X-Amz-Expires should be a number") from exc
     if expires < 0 or expires > max_expires_s:
-        raise S3Error(code, f"X-Amz-Expires must be between 0 and {max_expires_s} seconds")
+        # S3 answers an expiry beyond seven days, or a negative one, with 403.
+        raise S3Error(code, f"X-Amz-Expires must be less than a week (in seconds) that is 604800; "
+                      f"this proxy allows 0 to {max_expires_s}", status=403)
     when = _parse_amz_date(query["X-Amz-Date"], code=code)
     amz_date = when.strftime(AMZ_DATE_FORMAT)
     secret = _lookup(secrets, access_key)

@@ -7,14 +7,20 @@ as :class:`~proxy.s3.errors.S3Error` with the upstream's own code, so the gatewa
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
+import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from botocore.auth import S3SigV4Auth
+from botocore.awsrequest import AWSRequest
 from botocore.exceptions import BotoCoreError, ClientError
+from defusedxml import ElementTree as SafeElementTree
 
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.s3.errors import S3Error
@@ -27,6 +33,13 @@ PASSED_HEADERS = (
     "x-amz-version-id", "x-amz-storage-class", "x-amz-mp-parts-count",
 )
 STREAM_CHUNK_BYTES = 256 * 1024
+
+#: Upstream answers that mean the proxy's OWN credentials or clock are wrong: never the client's fault.
+OWN_CREDENTIAL_ERRORS = frozenset({
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired",
+    "AuthorizationHeaderMalformed", "RequestTimeTooSkewed", "InvalidSecurity"})
+#: Largest body read back from a forwarded sub-resource call (ACLs, tagging, attributes, listings).
+MAX_FORWARD_RESPONSE_BYTES = 8 * 1024 * 1024
 
 _STATUS_CODES = {304: "NotModified", 400: "InvalidRequest", 403: "AccessDenied", 404: "NoSuchKey",
                  412: "PreconditionFailed", 416: "InvalidRange", 500: "InternalError", 503: "SlowDown"}
@@ -59,6 +72,15 @@ class ObjectResponse:
         body, self._body = self._body, None
         if body is not None:
             body.close()
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """A forwarded call's answer: status, headers and the (bounded) body, as the upstream sent them."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
 
 
 @dataclass(frozen=True)
@@ -127,6 +149,8 @@ class Upstream:
         code = str(error.get("Code") or "")
         if not code or code.isdigit():
             code = missing if status == 404 else _STATUS_CODES.get(status, "InternalError")
+        if code in OWN_CREDENTIAL_ERRORS:
+            return self._refused_us(code)
         if status >= 500 and self.on_error:
             self.on_error(code)
         headers = {}
@@ -134,6 +158,13 @@ class Upstream:
         if status == 304:
             headers = {k: raw[k] for k in ("etag", "last-modified") if k in raw}
         return S3Error(code, str(error.get("Message") or ""), status=status, headers=headers)
+
+    def _refused_us(self, code: str) -> S3Error:
+        """The upstream refused the proxy's own credentials: a server fault (503), named as the upstream's."""
+        if self.on_error:
+            self.on_error(code)
+        return S3Error("ServiceUnavailable", f"The storage behind this proxy ({self.config.endpoint}) refused "
+                       f"the proxy's own credentials ({code}); the operator must fix [upstream].")
 
     @staticmethod
     def _conditions(range_: str | None, if_match: str | None, if_none_match: str | None,
@@ -153,16 +184,21 @@ class Upstream:
 
     async def get_object(self, bucket: str, key: str, *, range: str | None = None, if_match: str | None = None,
                          if_none_match: str | None = None, if_modified_since: datetime | None = None,
-                         if_unmodified_since: datetime | None = None) -> ObjectResponse:
+                         if_unmodified_since: datetime | None = None,
+                         extra: Mapping[str, str] | None = None) -> ObjectResponse:
+        """`extra`: VersionId and the Response* overrides, passed as they are."""
         params = self._conditions(range, if_match, if_none_match, if_modified_since, if_unmodified_since)
+        params.update(extra or {})
         response = await self._call("get_object", Bucket=bucket, Key=key, **params)
         meta = response["ResponseMetadata"]
         return ObjectResponse(int(meta["HTTPStatusCode"]), _pick_headers(meta["HTTPHeaders"]), response["Body"])
 
     async def head_object(self, bucket: str, key: str, *, if_match: str | None = None,
                           if_none_match: str | None = None, if_modified_since: datetime | None = None,
-                          if_unmodified_since: datetime | None = None) -> ObjectResponse:
+                          if_unmodified_since: datetime | None = None,
+                          extra: Mapping[str, str] | None = None) -> ObjectResponse:
         params = self._conditions(None, if_match, if_none_match, if_modified_since, if_unmodified_since)
+        params.update(extra or {})
         response = await self._call("head_object", Bucket=bucket, Key=key, **params)
         meta = response["ResponseMetadata"]
         return ObjectResponse(int(meta["HTTPStatusCode"]), _pick_headers(meta["HTTPHeaders"]))
@@ -176,7 +212,8 @@ class Upstream:
 
     async def put_object(self, bucket: str, key: str, body: SpooledBody, *, content_type: str = "",
                          metadata: Mapping[str, str] | None = None,
-                         extra: Mapping[str, str] | None = None) -> str:
+                         extra: Mapping[str, Any] | None = None) -> str:
+        """Write one object; `extra` may carry IfMatch/IfNoneMatch, which the upstream itself enforces."""
         params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body.reader(),
                                   "ContentLength": body.size, "ContentMD5": body.md5_base64,
                                   "Metadata": dict(metadata or {})}
@@ -186,8 +223,11 @@ class Upstream:
         response = await self._call("put_object", **params)
         return str(response["ETag"])
 
-    async def delete_object(self, bucket: str, key: str) -> None:
-        await self._call("delete_object", Bucket=bucket, Key=key)
+    async def delete_object(self, bucket: str, key: str, version_id: str = "") -> dict[str, str]:
+        params = {"VersionId": version_id} if version_id else {}
+        response = await self._call("delete_object", Bucket=bucket, Key=key, **params)
+        raw = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        return {k: raw[k] for k in ("x-amz-version-id", "x-amz-delete-marker") if k in raw}
 
     async def head_bucket(self, bucket: str) -> None:
         await self._call("head_bucket", missing="NoSuchBucket", Bucket=bucket)
@@ -230,21 +270,121 @@ class Upstream:
         return str(response["ETag"])
 
     async def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
-                                        parts: list[tuple[int, str]]) -> str:
+                                        parts: list[tuple[int, str]], extra: Mapping[str, Any] | None = None) -> str:
         response = await self._call(
             "complete_multipart_upload", missing="NoSuchUpload", Bucket=bucket, Key=key, UploadId=upload_id,
-            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]})
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]}, **dict(extra or {}))
         return str(response["ETag"])
 
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         await self._call("abort_multipart_upload", missing="NoSuchUpload", Bucket=bucket, Key=key,
                          UploadId=upload_id)
 
-    async def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str) -> str:
-        """Server-side copy keeping metadata and content type (objects up to 5 GiB)."""
-        response = await self._call("copy_object", Bucket=dst_bucket, Key=dst_key,
-                                    CopySource={"Bucket": src_bucket, "Key": src_key}, MetadataDirective="COPY")
-        return str(response["CopyObjectResult"]["ETag"])
+    async def copy_object(self, src_bucket: str, src_key: str, dst_bucket: str, dst_key: str,
+                          extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Server-side copy (objects up to 5 GiB); by default keeping metadata and content type.
+
+        `extra` carries CopySourceVersionId, the CopySourceIf* conditions, MetadataDirective with the new
+        metadata, and IfMatch/IfNoneMatch on the destination. Returns the CopyObjectResult (ETag, LastModified).
+        """
+        source: dict[str, str] = {"Bucket": src_bucket, "Key": src_key}
+        params = dict(extra or {})
+        if "CopySourceVersionId" in params:
+            source["VersionId"] = params.pop("CopySourceVersionId")
+        params.setdefault("MetadataDirective", "COPY")
+        response = await self._call("copy_object", Bucket=dst_bucket, Key=dst_key, CopySource=source, **params)
+        return dict(response["CopyObjectResult"])
+
+    async def upload_part_copy(self, src_bucket: str, src_key: str, bucket: str, key: str, upload_id: str,
+                               part_number: int, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Copy (a range of) an object into a part; `extra` carries CopySourceRange and the conditions."""
+        source: dict[str, str] = {"Bucket": src_bucket, "Key": src_key}
+        params = dict(extra or {})
+        if "CopySourceVersionId" in params:
+            source["VersionId"] = params.pop("CopySourceVersionId")
+        response = await self._call("upload_part_copy", missing="NoSuchUpload", Bucket=bucket, Key=key,
+                                    UploadId=upload_id, PartNumber=part_number, CopySource=source, **params)
+        return dict(response["CopyPartResult"])
+
+    # ---- forwarded sub-resources (answered exactly as the upstream answers) ----------------------------
+
+    def _url(self, bucket: str, key: str | None) -> str:
+        base = self.config.endpoint.rstrip("/")
+        path = "/" + quote(key, safe="/~") if key is not None else ""
+        if self.config.addressing == "virtual":
+            scheme, _, host = base.partition("://")
+            return f"{scheme}://{bucket}.{host}{path or '/'}"
+        return f"{base}/{quote(bucket, safe='')}{path}"
+
+    async def _credentials(self) -> Any:
+        credentials = self._client._request_signer._credentials  # the client's own (static or refreshed) ones
+        frozen = getattr(credentials, "get_frozen_credentials", None)
+        return await frozen() if frozen is not None else credentials
+
+    async def forward(self, method: str, bucket: str, key: str | None, params: Mapping[str, str],
+                      headers: Mapping[str, str], body: bytes = b"", missing: str = "NoSuchKey") -> RawResponse:
+        """Send one small request (ACL, tagging, attributes, listings) re-signed with the upstream's credentials.
+
+        The answer's body is bounded (:data:`MAX_FORWARD_RESPONSE_BYTES`); an error answer becomes S3Error.
+        """
+        request = AWSRequest(method=method, url=self._url(bucket, key), params=dict(params), data=body,
+                             headers={**headers, "x-amz-content-sha256": hashlib.sha256(body).hexdigest()})
+        S3SigV4Auth(await self._credentials(), "s3", self.config.region).add_auth(request)
+        prepared = request.prepare()
+        timeout = aiohttp.ClientTimeout(sock_connect=self.limits.upstream_connect_timeout_s,
+                                        sock_read=self.limits.upstream_read_timeout_s)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
+                    method, prepared.url, headers=dict(prepared.headers), data=body or None,
+                    ssl=None if self.config.verify_tls else False) as response:
+                content = await response.content.read(MAX_FORWARD_RESPONSE_BYTES + 1)
+                if len(content) > MAX_FORWARD_RESPONSE_BYTES:
+                    raise S3Error("InternalError", "The storage behind this proxy sent an oversized answer.")
+                answer = RawResponse(response.status, dict(response.headers), content)
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            if self.on_error:
+                self.on_error(method)
+            raise S3Error("ServiceUnavailable", f"The storage behind this proxy did not answer: "
+                          f"{type(exc).__name__}") from exc
+        if answer.status >= 300:
+            raise self._raw_error(answer, missing)
+        return answer
+
+    def _raw_error(self, answer: RawResponse, missing: str) -> S3Error:
+        code, message = "", ""
+        try:
+            root = SafeElementTree.fromstring(answer.body) if answer.body else None
+        except Exception:  # an unparsable error body: fall back to the status
+            root = None
+        if root is not None:
+            code = (root.findtext("Code") or "").strip()
+            message = (root.findtext("Message") or "").strip()
+        if not code:
+            code = missing if answer.status == 404 else _STATUS_CODES.get(answer.status, "InternalError")
+        if code in OWN_CREDENTIAL_ERRORS:
+            return self._refused_us(code)
+        if answer.status >= 500 and self.on_error:
+            self.on_error(code)
+        return S3Error(code, message, status=answer.status)
+
+    # ---- buckets -------------------------------------------------------------------------------------------
+
+    async def list_buckets(self) -> list[dict[str, Any]]:
+        response = await self._call("list_buckets")
+        return list(response.get("Buckets", []))
+
+    async def create_bucket(self, bucket: str, location: str = "") -> None:
+        params: dict[str, Any] = {"Bucket": bucket}
+        if location:
+            params["CreateBucketConfiguration"] = {"LocationConstraint": location}
+        await self._call("create_bucket", **params)
+
+    async def delete_bucket(self, bucket: str) -> None:
+        await self._call("delete_bucket", missing="NoSuchBucket", Bucket=bucket)
+
+    async def delete_objects(self, bucket: str, objects: list[dict[str, str]], quiet: bool) -> dict[str, Any]:
+        return await self._call("delete_objects", missing="NoSuchBucket", Bucket=bucket,
+                                Delete={"Objects": objects, "Quiet": quiet})
 
     async def ready(self, buckets: list[str]) -> None:
         """Prove the upstream answers and the credentials work (for /readyz)."""
