@@ -25,6 +25,7 @@ MIGRATION_MODULES: tuple[str, ...] = (
     "proxy.screening.cache",
     "proxy.jobs.pending",
     "proxy.jobs.pull",
+    "proxy.federation.store",
     "proxy.jobs.backfill",
 )
 

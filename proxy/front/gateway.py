@@ -40,7 +40,7 @@ log = logging.getLogger("bucketguard.gateway")
 access_log = logging.getLogger(ACCESS_LOGGER)
 
 #: Path-style first segments that belong to the proxy itself, never to a bucket.
-RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "admin", "validate", "_bucketguard"})
+RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "admin", "validate", "_bucketguard", "federation"})
 
 
 @dataclass

@@ -8,6 +8,8 @@ The steps run in the order :func:`default_steps` lists; the first that decides e
      takes effect at once for bytes seen before (the cache keeps signals and the PDQ hash, never list decisions).
   4. non-media: bytes that are no image or video are for the policy's `on_non_media`, not for the detectors.
   5. cached signals of the same bytes from the same packs: the policy decides again, no model runs.
+     Then, when federation is configured, trusted peers' attestations (proxy.federation.step, handed in by
+     proxy.app): after everything local, before anything is decoded or any model runs.
   6. too large to hand to the detectors: undecodable, the policy decides.
   7. the detectors, then the policy; when they do not answer, `on_unavailable`.
 Adding a step is one class in :mod:`proxy.screening.steps` and one line below.
@@ -41,7 +43,7 @@ __all__ = ["Decision", "Detectors", "Pipeline", "default_steps"]
 
 
 def default_steps(*, policy: Policy, hashlists: HashLists, test_list: HashList, cache: VerdictCache | None,
-                  detectors: RunDetectors) -> list[Step]:
+                  detectors: RunDetectors, federation: Step | None = None) -> list[Step]:
     """The screening order, top to bottom (the module docstring says why)."""
     return [
         AllowList(hashlists),
@@ -49,6 +51,7 @@ def default_steps(*, policy: Policy, hashlists: HashLists, test_list: HashList, 
         PerceptualMatch(hashlists, test_list),
         NonMedia(policy),
         CachedSignals(policy, detectors.current_packs),
+        *([federation] if federation is not None else []),  # peers' attestations (proxy.federation.step)
         TooLarge(policy),
         detectors,
     ]
@@ -58,7 +61,8 @@ class Pipeline:
     def __init__(self, *, policy: Policy, hashlists: HashLists, cache: VerdictCache | None,
                  detectors: Detectors | None, quarantine: Any | None = None, scan_timeout_s: float = 20.0,
                  enqueue_pending: Callable[[Upload, Decision], Awaitable[None]] | None = None,
-                 on_decided: Callable[[Decision, float | None], None] | None = None) -> None:
+                 on_decided: Callable[[Decision, float | None], None] | None = None,
+                 federation: Step | None = None) -> None:
         self.policy = policy
         self.hashlists = hashlists
         self.test_list = builtin_test_list()
@@ -69,7 +73,7 @@ class Pipeline:
         self.on_decided = on_decided
         self.run_detectors = RunDetectors(policy, detectors, cache, scan_timeout_s)
         self.steps: Sequence[Step] = default_steps(policy=policy, hashlists=hashlists, test_list=self.test_list,
-                                                   cache=cache, detectors=self.run_detectors)
+                                                   cache=cache, detectors=self.run_detectors, federation=federation)
 
     @property
     def detector_calls(self) -> int:
