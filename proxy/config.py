@@ -88,6 +88,13 @@ class LimitsConfig:
     max_concurrent_uploads: int = 64
     max_waiting_uploads: int = 256
     max_multipart_parts: int = 10000
+    #: Seconds a multipart Complete holds its upload while it screens (renewed as it goes); after that a
+    #: retried Complete, an Abort or the janitor may take over an upload whose completer died.
+    multipart_lease_s: float = 60.0
+    #: The janitor: how often it runs, and the age after which an unfinished upload is aborted and an
+    #: orphaned staging object deleted.
+    janitor_interval_s: float = 600.0
+    stale_upload_age_s: float = 86400.0
 
 
 @dataclass(frozen=True)
