@@ -4,5 +4,6 @@ pytest_plugins: list[str] = [
     "tests.support.moto",
     "tests.support.proxy",
     "tests.support.packs",
+    "tests.support.rgw",
     "tests.support.postgres",
 ]
