@@ -16,11 +16,14 @@ import skimage.data
 from PIL import Image
 
 from inference.engine import Engine
+from proxy.admin import thumbnails
+from proxy.admin.sessions import LoginThrottle, Sessions
 from proxy.screening.testimage import generate_png
+from proxy.storage.spool import SpooledBody
 from tests.support.proxy import CLIENT_BUCKET
 
 ADMIN_TOKEN = "admin-token-for-tests"
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CANDIDATES = ("horse", "astronaut", "coffee", "chelsea", "camera", "rocket", "moon", "brick")
 
@@ -83,8 +86,10 @@ def test_admin_urls_need_the_token(review_proxy) -> None:
     assert wrong.status_code == 401
     ok = httpx.get(f"{base}/admin/items/{item_id}/thumb", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     assert ok.status_code in (200, 404) and ok.headers["cache-control"].startswith("no-store")
-    no_csrf = httpx.post(f"{base}/admin/items/{item_id}/reveal", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    assert no_csrf.status_code == 403
+    with httpx.Client() as browser:
+        assert browser.post(f"{base}/admin/login", data={"token": ADMIN_TOKEN}).status_code == 303
+        no_csrf = browser.post(f"{base}/admin/items/{item_id}/reveal")
+        assert no_csrf.status_code == 403
     assert evidence_events(review_proxy, "reveal") == 0
 
 
@@ -92,7 +97,7 @@ def test_admin_urls_need_the_token(review_proxy) -> None:
 def test_review_in_a_real_browser(review_proxy, tmp_path: Path) -> None:
     from playwright.sync_api import sync_playwright
 
-    ARTIFACTS.mkdir(exist_ok=True)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True,
@@ -108,13 +113,13 @@ def test_review_in_a_real_browser(review_proxy, tmp_path: Path) -> None:
         assert blurred.count() == 2
         page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
         assert page.get_by_text("Hash-list match (builtin-test-image)").count() == 1
-        page.screenshot(path=str(ARTIFACTS / "admin-review-blurred.png"), full_page=True)
+        page.screenshot(path=str(SCREENSHOTS / "admin-review-blurred.png"), full_page=True)
 
         first = page.locator("article.card").filter(has=page.locator("img")).first
         first.get_by_role("button", name="Reveal (recorded)").click()
         page.wait_for_function("document.querySelector('img[alt^=\"Revealed\"]') !== null")
         assert evidence_events(review_proxy, "reveal") == 1
-        page.screenshot(path=str(ARTIFACTS / "admin-review-revealed.png"), full_page=True)
+        page.screenshot(path=str(SCREENSHOTS / "admin-review-revealed.png"), full_page=True)
 
         with page.expect_download() as download_info:
             first.get_by_role("button", name="Export").click()
@@ -126,6 +131,24 @@ def test_review_in_a_real_browser(review_proxy, tmp_path: Path) -> None:
             content = package.read(next(n for n in names if n.startswith("object.")))
         assert content in review_proxy.images.values()
 
+        summary = page.get_by_role("region", name="summary")
+        assert summary.locator(".tile", has_text="Caught in total").locator("strong").inner_text() == "3"
+        chart = summary.locator("svg[role=img]")
+        assert "quarantine" in chart.get_attribute("aria-label")
+        assert summary.get_by_text("quarantine by review-me: 2").count() == 1
+        bar = first.locator(".signal.fired .bar")
+        assert bar.count() == 1 and "clip_underage_margin" in bar.get_attribute("aria-label")
+        assert ">= " in bar.get_attribute("aria-label") and "(fired)" in bar.get_attribute("aria-label")
+        first.get_by_label("Report reference").fill("NCMEC-12345")
+        first.get_by_role("button", name="Mark reported").click()
+        page.wait_for_selector("text=NCMEC-12345")
+        page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+        page.screenshot(path=str(SCREENSHOTS / "admin-review-summary-reported.png"), full_page=True)
+        with sqlite3.connect(review_proxy.config_path.parent / "state.db") as conn:
+            assert conn.execute("SELECT count(*) FROM quarantine_items WHERE report_ref = 'NCMEC-12345'"
+                                ).fetchone()[0] == 1
+        assert evidence_events(review_proxy, "reported") == 1
+
         key = page.locator("article.card").filter(has=page.locator("img")).nth(1).inner_text()
         released = next(n for n in review_proxy.hits if f"media/{n}.png" in key)
         page.locator("article.card").filter(has=page.locator("img")).nth(1).get_by_role(
@@ -135,3 +158,62 @@ def test_review_in_a_real_browser(review_proxy, tmp_path: Path) -> None:
     assert review_proxy.upstream.get(review_proxy.real_bucket, f"media/{released}.png") == \
         review_proxy.images[released]
     assert evidence_events(review_proxy, "release") == 1
+
+
+def test_sessions_expire_and_revoke() -> None:
+    now = [1000.0]
+    sessions = Sessions(ttl_s=100, idle_s=30, clock=lambda: now[0])
+    session = sessions.create()
+    assert sessions.get(session.id) is session
+    now[0] += 29
+    assert sessions.get(session.id) is session, "activity within the idle time keeps the session"
+    now[0] += 31
+    assert sessions.get(session.id) is None, "idle too long"
+    fresh = sessions.create()
+    for _ in range(4):
+        now[0] += 25
+        assert sessions.get(fresh.id) is fresh
+    now[0] += 1
+    assert sessions.get(fresh.id) is None, "older than the absolute lifetime, however active"
+    revoked = sessions.create()
+    sessions.revoke(revoked.id)
+    assert sessions.get(revoked.id) is None and sessions.get("") is None
+    assert not revoked.csrf_ok("") and revoked.csrf_ok(revoked.csrf)
+
+
+def test_login_throttle_window() -> None:
+    now = [0.0]
+    throttle = LoginThrottle(per_client=3, overall=5, window_s=60, clock=lambda: now[0])
+    for _ in range(3):
+        assert throttle.retry_after("a") == 0
+        throttle.failed("a")
+    assert throttle.retry_after("a") > 0 and throttle.retry_after("b") == 0
+    throttle.failed("b")
+    throttle.failed("c")
+    assert throttle.retry_after("d") > 0, "the overall limit holds against many addresses"
+    now[0] += 61
+    assert throttle.retry_after("a") == 0 and throttle.retry_after("d") == 0
+
+
+async def test_thumbnails_stay_bounded_in_memory(tmp_path: Path) -> None:
+    """A 45 MiB object is spooled to disk past 1 MiB, and a huge canvas is refused before any pixel is decoded."""
+    async def stream(total: int):
+        block = bytes(1024 * 1024)
+        for _ in range(total // len(block)):
+            yield block
+
+    body = await thumbnails.spool(stream(45 * 1024 * 1024), max_bytes=64 * 1024 * 1024, spool_dir=str(tmp_path))
+    try:
+        assert body.size == 45 * 1024 * 1024 and not body.in_memory
+    finally:
+        body.close()
+    buffer = io.BytesIO()
+    Image.new("L", (8000, 8000)).save(buffer, "PNG")  # a few KB on disk, 64 megapixels decoded
+    huge = SpooledBody.from_bytes(buffer.getvalue())
+    with pytest.raises(thumbnails.ThumbnailError, match="over the thumbnail decode budget"):
+        thumbnails.render(huge, reveal=False)
+    small = SpooledBody.from_bytes(png("coffee"))
+    with Image.open(io.BytesIO(thumbnails.render(small, reveal=False))) as thumb:
+        assert max(thumb.size) == thumbnails.THUMB_SIDE and thumb.format == "JPEG"
+    with pytest.raises(thumbnails.ThumbnailError, match="not an image"):
+        thumbnails.render(SpooledBody.from_bytes(b"not an image at all"), reveal=False)
