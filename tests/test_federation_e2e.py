@@ -1,0 +1,144 @@
+"""Federation end to end: bucketguard instances on loopback, each with its own bucket on moto, its own state
+and key, the `test` pack in-process as detectors; feeds pulled over real HTTP by the instances themselves.
+
+A scans and publishes; B trusts A for safe and block with quorum 1; C needs two of {A, B} for known-safe.
+Detector calls are counted on each instance's pipeline; what landed is read from the real bucket on moto.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import botocore.exceptions
+import pytest
+import skimage.data
+from PIL import Image
+
+from proxy.federation.keys import SigningKey
+from tests.support.proxy import CLIENT_BUCKET
+
+POLICY = 'on_undecodable = "reject"\n[[rule]]\nname = "nudity"\nwhen = { nsfw = ">= 0.9" }\naction = "flag"\n'
+
+
+def encode(name: str, fmt: str = "PNG", size: tuple[int, int] | None = None, **kwargs) -> bytes:
+    image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+    if size:
+        image = image.resize(size)
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def db_path(proxy) -> Path:
+    return proxy.config_path.parent / "state.db"
+
+
+def query(proxy, sql: str, *params) -> list[tuple]:
+    with sqlite3.connect(db_path(proxy), timeout=30) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def wait_for(condition, what: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def pipeline_of(proxy):
+    return proxy.app.app.state.bucketguard.extras["pipeline"]
+
+
+def stored(proxy, peer: str, verdict: str = "clean") -> int:
+    return query(proxy, "SELECT count(*) FROM federation_attestations WHERE peer = ? AND verdict = ? AND NOT revoked",
+                 peer, verdict)[0][0]
+
+
+class Fleet:
+    """Starts instances with their own key, bucket, database and quarantine."""
+
+    def __init__(self, proxy_factory, test_pack_path: Path, tmp_path: Path) -> None:
+        self.factory = proxy_factory
+        self.pack = test_pack_path
+        self.tmp = tmp_path
+        self.keys: dict[str, SigningKey] = {}
+
+    def key_file(self, name: str) -> Path:
+        path = self.tmp / f"{name}.key"
+        if name not in self.keys:
+            self.keys[name] = SigningKey.generate()
+            self.keys[name].save(path)
+        return path
+
+    def start(self, name: str, *, publish: tuple[str, ...] = ("clean", "confirmed"), peers: dict | None = None,
+              safe_quorum: float = 1.0, policy: str = POLICY, block_lists: str = ""):
+        policy_file = self.tmp / f"{name}-policy.toml"
+        policy_file.write_text(policy)
+        lines = ["[federation]", f'name = "{name}"', f'key_file = "{self.key_file(name)}"',
+                 f"publish = {json.dumps(list(publish))}", "pull_interval_s = 0.2", f"safe_quorum = {safe_quorum}"]
+        for peer, (proxy, trust, key_line) in (peers or {}).items():
+            lines += [f"[federation.peers.{peer}]", f'url = "{proxy.endpoint}"',
+                      f'key = "{key_line or self.keys[peer].public.line}"', f"trust = {json.dumps(list(trust))}"]
+        screening = f'policy = "{policy_file}"' + (f'\nblock_lists = ["{block_lists}"]' if block_lists else "")
+        proxy = self.factory(pipeline=True, inference=f'mode = "in-process"\npacks = ["{self.pack}"]',
+                             screening=screening, extra="\n".join(lines) + "\n")
+        proxy.name = name
+        return proxy
+
+
+@pytest.fixture
+def fleet(proxy_factory, test_pack_path: Path, tmp_path: Path) -> Fleet:
+    return Fleet(proxy_factory, test_pack_path, tmp_path)
+
+
+def put(proxy, key: str, data: bytes) -> None:
+    proxy.client().put_object(Bucket=CLIENT_BUCKET, Key=key, Body=data, ContentType="image/png")
+
+
+def test_known_safe_quorum_one_and_two(fleet: Fleet) -> None:
+    """B lands A's clean bytes without a detector call; C (2 of A, B) runs its detector until both attested."""
+    a = fleet.start("A")
+    fleet.key_file("B")
+    b = fleet.start("B", peers={"A": (a, ("safe", "block"), None)})
+    c = fleet.start("C", peers={"A": (a, ("safe",), None), "B": (b, ("safe",), None)}, safe_quorum=2)
+    one, two, three = encode("astronaut"), encode("coffee"), encode("chelsea")
+
+    put(a, "one.png", one)
+    put(a, "two.png", two)
+    assert pipeline_of(a).detector_calls == 2
+    wait_for(lambda: stored(b, "A") == 2 and stored(c, "A") == 2, "B and C to pull A's two attestations")
+
+    calls = pipeline_of(b).detector_calls
+    put(b, "from-a.png", one)
+    assert pipeline_of(b).detector_calls == calls, "B trusts A with quorum 1: no detector call"
+    assert b.upstream.get(b.real_bucket, "from-a.png") == one
+    relied = query(b, "SELECT bucket, key, peers, rule, sources FROM federation_reliance")
+    assert [(r[0], r[1], r[2], r[3]) for r in relied] == [(CLIENT_BUCKET, "from-a.png", ",A,", "federation:safe")]
+    source = json.loads(relied[0][4])[0]
+    assert source["peer"] == "A" and source["verdict"] == "clean" and source["token"].count(".") == 2
+
+    calls = pipeline_of(c).detector_calls
+    put(c, "two.png", two)
+    assert pipeline_of(c).detector_calls == calls + 1, "only A attested: C runs its detector"
+
+    put(b, "three.png", three)  # B scans it itself (nobody attested yet) and publishes
+    put(a, "three.png", three)
+    wait_for(lambda: stored(c, "A") == 3 and stored(c, "B") >= 1, "C to pull both attestations of three")
+    calls = pipeline_of(c).detector_calls
+    put(c, "three.png", three)
+    assert pipeline_of(c).detector_calls == calls, "A and B both attested: known safe at C without a model"
+    assert c.upstream.get(c.real_bucket, "three.png") == three
+    relied = query(c, "SELECT peers FROM federation_reliance WHERE key = 'three.png'")
+    assert relied == [(",A,B,",)]
