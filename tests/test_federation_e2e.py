@@ -15,7 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import botocore.exceptions
 import pytest
 import skimage.data
 from PIL import Image
