@@ -66,9 +66,20 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
         store = open_store(config.quarantine)
         quarantine = Quarantine(state.db.engine, store, retention_days=config.quarantine.retention_days)
         pending = PendingScans(state.db)
+        federation = None
+        if config.federation.key_file or config.federation.peers:
+            from proxy.federation.wiring import Federation
+
+            federation = Federation(config, state.db, policy, config.screening.pdq_max_distance)
+            await federation.start()
         pipeline = Pipeline(policy=policy, hashlists=hashlists, cache=VerdictCache(state.db), detectors=detectors,
                             quarantine=quarantine, scan_timeout_s=config.screening.scan_timeout_s,
-                            enqueue_pending=pending.enqueue, on_decided=state.metrics.record_decision)
+                            enqueue_pending=pending.enqueue, on_decided=state.metrics.record_decision,
+                            federation=federation.step if federation is not None else None)
+        if federation is not None:
+            federation.attach(pipeline)
+            routes.extend(federation.routes())
+            state.extras["federation"] = federation
         state.operations.screen = pipeline.screen
         worker = PendingWorker(pending, pipeline, state.upstream, config.limits,
                                idle_s=config.screening.pending_poll_s, backoff_s=config.screening.pending_retry_s,
@@ -80,6 +91,8 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
             await worker.stop()
             if close_detectors is not None:
                 await close_detectors()
+            if federation is not None:
+                await federation.close()
             await store.close()
 
         routes.append(Route("/validate", validate_endpoint(config, pipeline), methods=["POST"]))

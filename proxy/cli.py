@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "proxy.commands.scan",
     "proxy.commands.quarantine",
     "proxy.commands.evidence",
+    "proxy.commands.federation",
 )
 
 
