@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from proxy.config import Config
+from proxy.front.calls import STAGING_PREFIX
 from proxy.front.multipart import MultipartState
 from proxy.front.operations import INTERNAL_PREFIX, Call, Operations
 from proxy.logs import ACCESS_LOGGER
@@ -233,6 +234,15 @@ def create_app(config: Config, *, screen: Screen | None = None,
         holder["state"] = state
         app.state.bucketguard = state
         cleanups = []
+        if config.limits.janitor_interval_s > 0:
+            from proxy.jobs.janitor import Janitor  # jobs never import front; the app hands the janitor its parts
+
+            janitor = Janitor(state.operations.multipart, upstream, state.operations.abort_upload,
+                              staging_prefix=STAGING_PREFIX, served_buckets=config.bucket_map.values(),
+                              interval_s=config.limits.janitor_interval_s, age_s=config.limits.stale_upload_age_s)
+            janitor.start()
+            state.extras["janitor"] = janitor
+            cleanups.append(janitor.stop)
         try:
             for extension in extensions:
                 result = await extension(state)

@@ -233,6 +233,12 @@ class MultipartState:
                 c.key, c.upload_id).limit(limit))).mappings().all()
         return [_upload_from_row(row) for row in rows]
 
+    async def real_buckets(self) -> set[str]:
+        """Every real bucket an upload was ever staged in (the janitor's round in pass-through mode)."""
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(multipart_uploads.c.real_bucket).distinct())).all()
+        return {row[0] for row in rows}
+
     async def staging_keys_in_use(self, real_bucket: str) -> set[str]:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(multipart_uploads.c.staging_key).where(and_(

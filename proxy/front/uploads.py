@@ -24,8 +24,6 @@ from proxy.screening.upload import Upload
 from proxy.storage.spool import BodyTooLarge, SpooledBody
 
 MIN_PART_BYTES = 5 * 1024 * 1024
-#: Seconds a completer's lease lasts; renewed every third of it while it screens.
-COMPLETION_LEASE_S = 60.0
 #: Stored headers copied from the staging object to the landed one, as (header, botocore parameter).
 LANDED_HEADERS = (("cache-control", "CacheControl"), ("content-disposition", "ContentDisposition"),
                   ("content-language", "ContentLanguage"), ("content-encoding", "ContentEncoding"))
@@ -49,7 +47,10 @@ def _int_param(query: Any, name: str, default: int, top: int) -> int:
 
 
 class MultipartOperations(Handlers):
-    lease_s: float = COMPLETION_LEASE_S
+    @property
+    def lease_s(self) -> float:
+        """A completer's lease (`limits.multipart_lease_s`), renewed every third of it while it screens."""
+        return self.config.limits.multipart_lease_s
 
     async def create_multipart_upload(self, call: Call) -> Response:
         key = call.key or ""

@@ -7,7 +7,6 @@ as :class:`~proxy.s3.errors.S3Error` with the upstream's own code, so the gatewa
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,13 +16,11 @@ from urllib.parse import quote
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
 from botocore.exceptions import BotoCoreError, ClientError
-from defusedxml import ElementTree as SafeElementTree
 
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.s3.errors import S3Error
+from proxy.storage.forward import RawResponse, error_fields, send_signed
 from proxy.storage.spool import SpooledBody
 
 #: Response headers passed from the upstream to the client on GET and HEAD.
@@ -38,8 +35,6 @@ STREAM_CHUNK_BYTES = 256 * 1024
 OWN_CREDENTIAL_ERRORS = frozenset({
     "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken", "TokenRefreshRequired",
     "AuthorizationHeaderMalformed", "RequestTimeTooSkewed", "InvalidSecurity"})
-#: Largest body read back from a forwarded sub-resource call (ACLs, tagging, attributes, listings).
-MAX_FORWARD_RESPONSE_BYTES = 8 * 1024 * 1024
 
 _STATUS_CODES = {304: "NotModified", 400: "InvalidRequest", 403: "AccessDenied", 404: "NoSuchKey",
                  412: "PreconditionFailed", 416: "InvalidRange", 500: "InternalError", 503: "SlowDown"}
@@ -72,15 +67,6 @@ class ObjectResponse:
         body, self._body = self._body, None
         if body is not None:
             body.close()
-
-
-@dataclass(frozen=True)
-class RawResponse:
-    """A forwarded call's answer: status, headers and the (bounded) body, as the upstream sent them."""
-
-    status: int
-    headers: dict[str, str]
-    body: bytes
 
 
 @dataclass(frozen=True)
@@ -325,47 +311,27 @@ class Upstream:
                       headers: Mapping[str, str], body: bytes = b"", missing: str = "NoSuchKey") -> RawResponse:
         """Send one small request (ACL, tagging, attributes, listings) re-signed with the upstream's credentials.
 
-        The answer's body is bounded (:data:`MAX_FORWARD_RESPONSE_BYTES`); an error answer becomes S3Error.
+        The answer's body is bounded; an error answer becomes S3Error (the proxy's own credentials refused: 503).
         """
-        request = AWSRequest(method=method, url=self._url(bucket, key), params=dict(params), data=body,
-                             headers={**headers, "x-amz-content-sha256": hashlib.sha256(body).hexdigest()})
-        S3SigV4Auth(await self._credentials(), "s3", self.config.region).add_auth(request)
-        prepared = request.prepare()
-        timeout = aiohttp.ClientTimeout(sock_connect=self.limits.upstream_connect_timeout_s,
-                                        sock_read=self.limits.upstream_read_timeout_s)
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
-                    method, prepared.url, headers=dict(prepared.headers), data=body or None,
-                    ssl=None if self.config.verify_tls else False) as response:
-                content = await response.content.read(MAX_FORWARD_RESPONSE_BYTES + 1)
-                if len(content) > MAX_FORWARD_RESPONSE_BYTES:
-                    raise S3Error("InternalError", "The storage behind this proxy sent an oversized answer.")
-                answer = RawResponse(response.status, dict(response.headers), content)
+            answer = await send_signed(method, self._url(bucket, key), params, headers, body,
+                                       credentials=await self._credentials(), region=self.config.region,
+                                       limits=self.limits, verify_tls=self.config.verify_tls)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             if self.on_error:
                 self.on_error(method)
             raise S3Error("ServiceUnavailable", f"The storage behind this proxy did not answer: "
                           f"{type(exc).__name__}") from exc
-        if answer.status >= 300:
-            raise self._raw_error(answer, missing)
-        return answer
-
-    def _raw_error(self, answer: RawResponse, missing: str) -> S3Error:
-        code, message = "", ""
-        try:
-            root = SafeElementTree.fromstring(answer.body) if answer.body else None
-        except Exception:  # an unparsable error body: fall back to the status
-            root = None
-        if root is not None:
-            code = (root.findtext("Code") or "").strip()
-            message = (root.findtext("Message") or "").strip()
+        if answer.status < 300:
+            return answer
+        code, message = error_fields(answer.body)
         if not code:
             code = missing if answer.status == 404 else _STATUS_CODES.get(answer.status, "InternalError")
         if code in OWN_CREDENTIAL_ERRORS:
-            return self._refused_us(code)
+            raise self._refused_us(code)
         if answer.status >= 500 and self.on_error:
             self.on_error(code)
-        return S3Error(code, message, status=answer.status)
+        raise S3Error(code, message, status=answer.status)
 
     # ---- buckets -------------------------------------------------------------------------------------------
 
@@ -385,6 +351,11 @@ class Upstream:
     async def delete_objects(self, bucket: str, objects: list[dict[str, str]], quiet: bool) -> dict[str, Any]:
         return await self._call("delete_objects", missing="NoSuchBucket", Bucket=bucket,
                                 Delete={"Objects": objects, "Quiet": quiet})
+
+    async def list_multipart_uploads(self, bucket: str, prefix: str) -> list[dict[str, Any]]:
+        """The first page (up to 1,000) of the upstream's own unfinished multipart uploads under `prefix`."""
+        response = await self._call("list_multipart_uploads", missing="NoSuchBucket", Bucket=bucket, Prefix=prefix)
+        return list(response.get("Uploads", []))
 
     async def ready(self, buckets: list[str]) -> None:
         """Prove the upstream answers and the credentials work (for /readyz)."""

@@ -1,0 +1,115 @@
+"""The janitor: aborts multipart uploads nobody finished and deletes orphaned staging objects.
+
+Every `limits.janitor_interval_s` it aborts uploads older than `limits.stale_upload_age_s` in any non-final
+state (one still held by a live completer is left alone: its abort is refused), then deletes staging objects
+and upstream multipart uploads under the staging prefix that are that old and belong to no live upload (a
+proxy killed between the verdict and the delete leaves such orphans). Staging bytes are unscreened: they
+must not stay in the bucket for ever.
+
+The multipart state, the abort and the staging prefix are handed in by the app (``jobs`` never imports
+``front``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+from proxy.s3.errors import S3Error
+from proxy.storage.upstream import Upstream
+
+log = logging.getLogger("bucketguard.janitor")
+
+#: Upload states the janitor may abort (the front's non-final states).
+LIVE_STATES = ("open", "staged", "completing")
+
+
+class UploadStore(Protocol):
+    """What the janitor needs of the multipart state."""
+
+    async def list_stale_uploads(self, older_than: timedelta, states: tuple[str, ...] = ...) -> list[Any]: ...
+
+    async def staging_keys_in_use(self, real_bucket: str) -> set[str]: ...
+
+    async def real_buckets(self) -> set[str]: ...
+
+
+@dataclass
+class JanitorRound:
+    """What one round did."""
+
+    aborted: int = 0
+    orphans_deleted: int = 0
+    upstream_uploads_aborted: int = 0
+
+
+class Janitor:
+    def __init__(self, uploads: UploadStore, upstream: Upstream, abort: Callable[[Any], Awaitable[None]], *,
+                 staging_prefix: str, served_buckets: Iterable[str], interval_s: float, age_s: float) -> None:
+        self.uploads = uploads
+        self.upstream = upstream
+        self.abort = abort
+        self.staging_prefix = staging_prefix
+        self.served_buckets = set(served_buckets)
+        self.interval_s = interval_s
+        self.age = timedelta(seconds=age_s)
+        self._task: asyncio.Task[None] | None = None
+
+    async def run_once(self) -> JanitorRound:
+        done = JanitorRound()
+        for upload in await self.uploads.list_stale_uploads(self.age, LIVE_STATES):
+            try:
+                await self.abort(upload)
+                done.aborted += 1
+            except S3Error as error:  # finished meanwhile, or a live completer holds it
+                log.info("janitor left upload %s: %s", upload.upload_id, error.code)
+        cutoff = datetime.now(UTC) - self.age
+        for bucket in sorted(self.served_buckets | await self.uploads.real_buckets()):
+            try:
+                await self._sweep(bucket, cutoff, done)
+            except S3Error as error:
+                log.warning("janitor could not sweep %s: %s %s", bucket, error.code, error.message)
+        if done.aborted or done.orphans_deleted or done.upstream_uploads_aborted:
+            log.info("janitor round", extra={"fields": vars(done)})
+        return done
+
+    async def _sweep(self, bucket: str, cutoff: datetime, done: JanitorRound) -> None:
+        in_use = await self.uploads.staging_keys_in_use(bucket)
+        token = ""
+        while True:
+            page = await self.upstream.list_objects_v2(bucket, prefix=self.staging_prefix, continuation_token=token)
+            for item in page.objects:
+                if item["Key"] not in in_use and item["LastModified"] < cutoff:
+                    await self.upstream.delete_object(bucket, item["Key"])
+                    done.orphans_deleted += 1
+            if not page.is_truncated or not page.next_token:
+                break
+            token = page.next_token
+        for item in await self.upstream.list_multipart_uploads(bucket, self.staging_prefix):
+            if item["Key"] not in in_use and item["Initiated"] < cutoff:
+                with contextlib.suppress(S3Error):
+                    await self.upstream.abort_multipart_upload(bucket, item["Key"], item["UploadId"])
+                    done.upstream_uploads_aborted += 1
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.run_once()
+            except Exception:  # a round that fails (database or upstream away) is retried next interval
+                log.exception("janitor round failed")
+            await asyncio.sleep(self.interval_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
