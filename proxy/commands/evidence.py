@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="evidence_command", metavar="ACTION", required=True)
     verify = actions.add_parser("verify", help="recompute every record's hash; name the first broken one")
     add_config_option(verify)
+    verify.add_argument("--json", action="store_true", help="print one JSON object: ok, count, broken_seq, problem")
     verify.set_defaults(handler=run_verify)
     proof = actions.add_parser("proof", help="write the chain proof of one record (JSON)")
     proof.add_argument("seq", type=int, metavar="SEQ", help="the record's sequence number")
@@ -39,6 +40,10 @@ def run_verify(args: argparse.Namespace) -> int:
             return await evidence.verify(db.engine)
 
     result = asyncio.run(main())
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": result.ok, "count": result.count, "broken_seq": result.broken_seq,
+                          "problem": result.problem}))
+        return 0 if result.ok else 1
     if not result.ok:
         raise CommandError(f"evidence chain broken at record {result.broken_seq}: {result.problem} "
                            f"({result.count} record(s) before it are intact)", status=1)

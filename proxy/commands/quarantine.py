@@ -15,10 +15,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from rich.console import Console
-from rich.table import Table
-
 from proxy.cli import CommandError
+from proxy.commands.output import is_terminal, print_table
 from proxy.config import Config, load_config
 
 if TYPE_CHECKING:
@@ -171,15 +169,11 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(items, indent=2, ensure_ascii=False))
         return 0
-    table = Table(title=f"quarantine: {len(items)} item(s)")
-    for column in ("id", "date", "action", "rule", "category", "key", "size", "status", "hold"):
-        table.add_column(column, overflow="fold", no_wrap=column in ("id", "date", "size"),
-                         justify="right" if column == "size" else "left")
-    for item in items:
-        table.add_row(item["id"], item["created_at"][:19].replace("T", " "), item["action"], item["rule"],
-                      item["category"], f"{item['bucket']}/{item['key']}", _size(item["size"]),
-                      item["status"], "yes" if item["legal_hold"] else "")
-    Console().print(table)
+    print_table(f"quarantine: {len(items)} item(s)",
+                ("id", "date", "action", "rule", "category", "key", "size", "status", "hold"),
+                ([item["id"], item["created_at"][:19].replace("T", " "), item["action"], item["rule"],
+                  item["category"], f"{item['bucket']}/{item['key']}", _size(item["size"]), item["status"],
+                  "yes" if item["legal_hold"] else ""] for item in items), right=("size",))
     return 0
 
 
@@ -196,22 +190,14 @@ def run_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(item, indent=2, ensure_ascii=False))
         return 0
-    console = Console()
-    table = Table(show_header=False, title=f"item {item['id']}")
-    table.add_column("field", style="bold")
-    table.add_column("value", overflow="fold")
-    for name, value in item.items():
-        if name != "evidence":
-            shown = json.dumps(value, ensure_ascii=False) if isinstance(value, dict) else str(value)
-            table.add_row(name, "" if value is None else shown)
-    console.print(table)
-    events = Table(title="evidence records")
-    for column in ("seq", "time", "event", "actor", "detail"):
-        events.add_column(column, overflow="fold")
-    for record in item["evidence"]:
-        events.add_row(str(record["seq"]), record["time"], record["event"], record["actor"],
-                       json.dumps(record["detail"], ensure_ascii=False))
-    console.print(events)
+    fields = [(name, "" if value is None else json.dumps(value, ensure_ascii=False) if isinstance(value, dict)
+               else str(value)) for name, value in item.items() if name != "evidence"]
+    print_table(f"item {item['id']}", ("field", "value"), fields, header=False)
+    if not is_terminal():
+        print()
+    print_table("evidence records", ("seq", "time", "event", "actor", "detail"),
+                ([record["seq"], record["time"], record["event"], record["actor"],
+                  json.dumps(record["detail"], ensure_ascii=False)] for record in item["evidence"]))
     return 0
 
 

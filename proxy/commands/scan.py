@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "scan", help="scan media already stored (a bucket, or a local folder) with the same pipeline and policy",
         description=("Screen every object of a bucket once, the way uploads are screened. Hits are moved to "
                      "quarantine (copied, verified, then deleted from the bucket). Killed and started again, a "
-                     "scan continues where it stopped. Objects already decided are skipped unless --rescan."))
+                     "scan continues where it stopped. Objects already decided are skipped unless --rescan. "
+                     "Several scan processes (on several machines, with one PostgreSQL in [database]) started "
+                     "on the same bucket share one scan: each object is scanned by one of them."))
     target = parser.add_mutually_exclusive_group()
     target.add_argument("--bucket", help="the bucket as pict-rs names it (default: the only one in the config)")
     target.add_argument("--path", help="a local folder (pict-rs filesystem store, a backup): report only")
@@ -31,8 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--rescan", action="store_true", help="scan objects decided by an earlier scan again")
     parser.add_argument("--concurrency", type=int, default=16, help="objects in flight (default 16)")
     parser.add_argument("--rate", type=float, default=0.0, help="at most this many objects per second")
+    parser.add_argument("--lease", type=float, default=60.0,
+                        help=("seconds a scanner keeps the objects it took if it dies on another machine "
+                              "(default 60; one that dies on this machine is noticed at once)"))
     parser.add_argument("--report", help="write the JSON report here")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of tables")
     parser.set_defaults(handler=run)
 
 
@@ -50,8 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from proxy.config import load_config
 
     config = load_config(args.config)
-    if args.concurrency < 1 or args.rate < 0:
-        raise CommandError("--concurrency must be at least 1 and --rate not negative")
+    if args.concurrency < 1 or args.rate < 0 or not 1.0 <= args.lease <= 86400:
+        raise CommandError("--concurrency must be at least 1, --rate not negative, --lease from 1 to 86400 seconds")
     since = _since(args.since)
     if args.path:
         if not args.dry_run:
@@ -60,7 +66,10 @@ def run(args: argparse.Namespace) -> int:
         report = asyncio.run(_scan_folder(config, Path(args.path), since, args))
     else:
         report = asyncio.run(_scan_bucket(config, args, since))
-    _print_summary(report)
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        _print_summary(report)
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -129,35 +138,42 @@ async def _scan_bucket(config, args, since):
     await upstream.start()
     pipeline, quarantine, cleanup = await _pipeline(config, db)
     options = ScanOptions(bucket, real_bucket, args.prefix, since, args.dry_run, args.rescan, args.concurrency,
-                          args.rate)
+                          args.rate, args.lease)
     counts: Counter[str] = Counter()
     try:
-        with _progress(args.no_progress) as progress:
+        with _progress(args.no_progress or args.json) as progress:
             task = progress.add_task("listing", total=None, bytes="", counts="")
             moved = [0]
 
             def advance(outcome: str, size: int) -> None:
                 counts[outcome] += 1
                 moved[0] += size
-                progress.update(task, advance=1, bytes=f"{moved[0] / 1e6:.1f} MB",
+                progress.update(task, bytes=f"{moved[0] / 1e6:.1f} MB here",
                                 counts=" ".join(f"{k}:{v}" for k, v in sorted(counts.items())))
 
             backfill = Backfill(db, upstream, pipeline, quarantine, config.limits, options, progress=advance)
             resumed = await backfill.run.open()
-            await backfill.list_all()
-            report = await backfill.run.report()
-            done = report["objects"] - report["outcomes"].get("pending", 0)
-            progress.update(task, description="resuming" if resumed else "scanning", total=report["objects"],
-                            completed=done)
-            await backfill.process_all()
-            await backfill.run.finish()
-            report = await backfill.run.report()
+            refresher = asyncio.create_task(_fleet_progress(backfill, progress, task, resumed))
+            try:
+                report = await backfill.scan()
+            finally:
+                refresher.cancel()
             report["resumed"] = resumed
     finally:
         await cleanup()
         await upstream.close()
         await db.close()
     return report
+
+
+async def _fleet_progress(backfill, progress, task, resumed: bool) -> None:
+    """The bar shows the whole run (every scanner sharing it), read from the database once a second."""
+    while True:
+        report = await backfill.run.report()
+        decided = report["objects"] - report["outcomes"].get("pending", 0)
+        progress.update(task, description="resuming" if resumed else "scanning",
+                        total=report["objects"] if report["listing_done"] else None, completed=decided)
+        await asyncio.sleep(1.0)
 
 
 async def _scan_folder(config, folder: Path, since, args):
@@ -172,7 +188,7 @@ async def _scan_folder(config, folder: Path, since, args):
     rules: Counter[str] = Counter()
     hits = []
     try:
-        with _progress(args.no_progress) as progress:
+        with _progress(args.no_progress or args.json) as progress:
             task = progress.add_task("scanning", total=len(files), bytes="", counts="")
             for path in files:
                 content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
@@ -192,20 +208,10 @@ async def _scan_folder(config, folder: Path, since, args):
 
 
 def _print_summary(report: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from proxy.commands.output import print_table
 
-    table = Table(title=f"scan of {report.get('bucket') or report.get('path')}: {report['objects']} objects"
-                        + (" (dry run)" if report.get("dry_run") else ""))
-    table.add_column("outcome")
-    table.add_column("objects", justify="right")
-    for outcome, count in report["outcomes"].items():
-        table.add_row(outcome, str(count))
-    Console().print(table)
+    print_table(f"scan of {report.get('bucket') or report.get('path')}: {report['objects']} objects"
+                + (" (dry run)" if report.get("dry_run") else ""), ("outcome", "objects"),
+                report["outcomes"].items(), right=("objects",))
     if report["rules"]:
-        rules = Table(title="rules that fired")
-        rules.add_column("rule")
-        rules.add_column("objects", justify="right")
-        for rule, count in report["rules"].items():
-            rules.add_row(rule, str(count))
-        Console().print(rules)
+        print_table("rules that fired", ("rule", "objects"), report["rules"].items(), right=("objects",))

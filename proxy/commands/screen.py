@@ -6,18 +6,26 @@ import argparse
 import asyncio
 import json
 import mimetypes
+import sys
 from pathlib import Path
 
 from proxy.cli import CommandError
 
 STOPPED = frozenset({"quarantine", "reject", "refuse"})
+EXIT_STOPPED, EXIT_UNSCREENED = 1, 3
+NO_DETECTORS = ("bucketguard: no detectors configured (no --pack, and no [inference] packs in a --config): only the "
+                "hash lists, the built-in test image and the non-media rule decide; files they let through are "
+                "'unscreened'")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "screen", help="run the screening pipeline on local files (nothing is uploaded or recorded)",
         description=("Decide each file as an upload would be decided: hash lists, the test image, the detectors "
-                     "and the policy. Exit status 0 when every file would land, 1 when any would be stopped."))
+                     "and the policy. Without --pack (or a config listing packs) no detector runs: the hash lists, "
+                     "the built-in test image and the non-media rule still decide, and a file they let through is "
+                     "reported as 'unscreened'. Exit status: 0 every file would land after a full screening, 1 any "
+                     "file would be stopped, 3 none stopped but some were not screened by detectors, 2 usage."))
     parser.add_argument("files", nargs="+", metavar="FILE")
     parser.add_argument("--config", help="take policy, lists and packs from this config file")
     parser.add_argument("--policy", help="policy file (overrides the config's; default: the shipped policy)")
@@ -67,13 +75,23 @@ def run(args: argparse.Namespace) -> int:
         return out
 
     results = asyncio.run(main())
+    if not packs:
+        print(NO_DETECTORS, file=sys.stderr)
+    unscreened = 0
     for path, decision in results:
+        missing = not packs and decision.step == "unavailable"
+        unscreened += missing
+        action = "unscreened" if missing else decision.action
+        reason = "no detectors configured; hash lists and the test image did not stop it" if missing \
+            else decision.reason
         if args.json:
-            print(json.dumps({"file": str(path), "action": decision.action, "rule": decision.rule,
-                              "category": decision.category, "step": decision.step, "reason": decision.reason,
+            print(json.dumps({"file": str(path), "action": action, "rule": "" if missing else decision.rule,
+                              "category": decision.category, "step": decision.step, "reason": reason,
                               "signals": decision.signals, "match": decision.match}))
         else:
             signals = " ".join(f"{k}={v:.3g}" for k, v in sorted(decision.signals.items()))
-            rule = f" rule={decision.rule}" if decision.rule else ""
-            print(f"{path}: {decision.action}{rule} ({decision.step}: {decision.reason}) {signals}".rstrip())
-    return 1 if any(d.action in STOPPED for _, d in results) else 0
+            rule = f" rule={decision.rule}" if decision.rule and not missing else ""
+            print(f"{path}: {action}{rule} ({decision.step}: {reason}) {signals}".rstrip())
+    if any(d.action in STOPPED and not (not packs and d.step == "unavailable") for _, d in results):
+        return EXIT_STOPPED
+    return EXIT_UNSCREENED if unscreened else 0
