@@ -141,3 +141,71 @@ def test_known_safe_quorum_one_and_two(fleet: Fleet) -> None:
     assert c.upstream.get(c.real_bucket, "three.png") == three
     relied = query(c, "SELECT peers FROM federation_reliance WHERE key = 'three.png'")
     assert relied == [(",A,B,",)]
+
+
+def confirm_only_item(proxy) -> dict:
+    listing = cli("quarantine", "list", "--json", "--config", str(proxy.config_path))
+    assert listing.returncode == 0, listing.stderr
+    caught = json.loads(listing.stdout)
+    assert len(caught) == 1, caught
+    done = cli("quarantine", "confirm", caught[0]["id"], "--config", str(proxy.config_path))
+    assert done.returncode == 0, done.stderr
+    return caught[0]
+
+
+def test_confirmed_block_at_a_is_quarantined_for_review_at_b(fleet: Fleet, tmp_path: Path) -> None:
+    """A block-listed upload confirmed by A's reviewer reaches B as a block: exact bytes and a re-encoded copy
+    (PDQ) are refused and kept in B's quarantine for review; nothing lands in B's real bucket."""
+    import hashlib
+
+    bad = encode("rocket")
+    block_list = tmp_path / "a-block.txt"
+    block_list.write_text(f"sha256:{hashlib.sha256(bad).hexdigest()} known-bad\n")
+    a = fleet.start("A", block_lists=str(block_list))
+    fleet.key_file("B")
+    b = fleet.start("B", peers={"A": (a, ("safe", "block"), None)})
+    with pytest.raises(Exception) as refused:
+        put(a, "bad.png", bad)
+    assert "AccessDenied" in str(refused.value)
+    assert stored(b, "A", "block") == 0, "not published before a reviewer confirmed it"
+    confirm_only_item(a)
+    wait_for(lambda: stored(b, "A", "block") == 1, "B to pull A's confirmed block")
+
+    near = encode("rocket", "JPEG", size=(448, 299), quality=70)
+    calls = pipeline_of(b).detector_calls
+    for key, data in (("exact.png", bad), ("near.jpg", near)):
+        with pytest.raises(Exception) as refused:
+            put(b, key, data)
+        assert "AccessDenied" in str(refused.value)
+    assert pipeline_of(b).detector_calls == calls
+    assert b.upstream_keys() == [], "nothing a peer blocked lands in B's bucket (staging included)"
+    listing = json.loads(cli("quarantine", "list", "--json", "--config", str(b.config_path)).stdout)
+    assert sorted((i["key"], i["rule"], i["status"]) for i in listing) == [
+        ("exact.png", "federation:block", "quarantined"), ("near.jpg", "federation:block", "quarantined")]
+    sources = query(b, "SELECT key, peers, action FROM federation_reliance ORDER BY key")
+    assert sources == [("exact.png", ",A,", "quarantine"), ("near.jpg", ",A,", "quarantine")]
+
+
+def test_a_strict_instance_quarantines_on_a_lenient_peers_signals(fleet: Fleet) -> None:
+    """A (lenient: no rule over the test pack's signals) allows and attests; S, whose policy has a threshold
+    this image's signal crosses, quarantines the same bytes from A's numbers without running a model."""
+    image = encode("horse")
+    a = fleet.start("A")
+    put(a, "horse.png", image)
+    assert a.upstream.get(a.real_bucket, "horse.png") == image, "the lenient peer allowed it"
+    token = query(a, "SELECT token FROM federation_outbox WHERE kind = 'attestation'")[0][0]
+    from proxy.federation.keys import verify
+
+    signals = verify(token, fleet.keys["A"].public)["signals"]
+    name = sorted(signals)[0]
+    strict = (f'[[rule]]\nname = "strict-{name}"\nwhen = {{ {name} = ">= {signals[name] - 1e-6!r}" }}\n'
+              'action = "quarantine"\ncategory = "strict"\n')
+    s = fleet.start("S", peers={"A": (a, ("safe",), None)}, policy=strict)
+    wait_for(lambda: stored(s, "A") == 1, "S to pull A's attestation")
+    with pytest.raises(Exception) as refused:
+        put(s, "horse.png", image)
+    assert "AccessDenied" in str(refused.value)
+    assert pipeline_of(s).detector_calls == 0
+    assert s.upstream_keys() == []
+    listing = json.loads(cli("quarantine", "list", "--json", "--config", str(s.config_path)).stdout)
+    assert [(i["key"], i["rule"], i["category"]) for i in listing] == [("horse.png", f"strict-{name}", "strict")]

@@ -9,6 +9,7 @@ A confirmed block revokes this instance's own earlier `clean` for the same bytes
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import Any
@@ -18,6 +19,7 @@ from sqlalchemy import and_, select, update
 from proxy.federation.entries import Attestation, Revocation, Rotation, new_id
 from proxy.federation.keys import SigningKey
 from proxy.federation.store import FederationStore, outbox
+from proxy.screening.facts import MAX_DETECTOR_BYTES
 from proxy.state import now_text
 
 
@@ -31,6 +33,8 @@ class Publisher:
         self.ttl_s = int(ttl_days * 86400)
         self._key = SigningKey.load(key_file)
         self._mtime = os.stat(key_file).st_mtime_ns
+        #: The quarantine's byte store, to hash a confirmed item that was caught before its PDQ was computed.
+        self.quarantine_store: Any = None
 
     @property
     def key(self) -> SigningKey:
@@ -91,10 +95,22 @@ class Publisher:
                 quarantine_items.c.status == "confirmed", quarantine_items.c.id.not_in(published))))).mappings().all()
         for row in rows:
             await self.revoke_sha256(row["sha256"], "clean", reason="confirmed block after review")
-            await self.attest(row["sha256"], row["pdq"], "block", "review", category=row["category"],
+            await self.attest(row["sha256"], row["pdq"] or await self._pdq(row), "block", "review",
+                              category=row["category"],
                               signals=json.loads(row["signals"]), packs=json.loads(row["pack_versions"]),
                               source=row["id"])
         return len(rows)
+
+    async def _pdq(self, item: Any) -> str:
+        """PDQ of a kept still image (an exact hash-list match is caught before any decode), or ""."""
+        if (self.quarantine_store is None or not item["bytes_kept"] or item["size"] > MAX_DETECTOR_BYTES
+                or not str(item["content_type"]).startswith("image/")):
+            return ""
+        from proxy.screening.hashing import pdq_hash
+
+        data = b"".join([chunk async for chunk in self.quarantine_store.open(item["id"])])
+        pdq = await asyncio.to_thread(pdq_hash, data)
+        return pdq.hash_hex if pdq is not None else ""
 
     async def revoke(self, entry_id: str, reason: str = "") -> bool:
         async with self.store.engine.begin() as conn:

@@ -90,6 +90,8 @@ class Federation:
         """Wrap the pipeline's act: reliance is recorded before the object lands; publishing comes after."""
         act = pipeline.act
         store, publisher = self.store, self.publisher
+        if publisher is not None and pipeline.quarantine is not None:
+            publisher.quarantine_store = pipeline.quarantine.store
 
         async def act_with_federation(upload: Any, decision: Any, *, actor: str = "") -> Any:
             sources = (decision.match or {}).get("federation") if decision.step == PeerAttestations.name else None
