@@ -8,11 +8,19 @@ from collections.abc import Sequence
 
 import httpx
 
+from inference.batcher import QueueFull
 from inference.engine import ScreenResult
 
 
 class InferenceUnavailable(Exception):
     """No inference endpoint answered in time: the proxy's `on_unavailable` policy applies."""
+
+
+#: What a detector OUTAGE raises, whichever front (this client, the in-process engine, pull mode): every
+#: endpoint down or refusing, a full queue, no answer in time. Only these are "unavailable"; bytes that cannot
+#: be decoded come back as an `undecodable` result instead.
+OUTAGES: tuple[type[BaseException], ...] = (InferenceUnavailable, QueueFull, TimeoutError, ConnectionError,
+                                             httpx.TransportError)
 
 
 class InferenceClient:
@@ -54,6 +62,9 @@ class InferenceClient:
                 result = ScreenResult.from_json(response.json())
                 result.decided_by = endpoint
                 return result
+            if response.status_code == 413:  # a property of the bytes, not an outage
+                return ScreenResult({"undecodable": 1.0}, undecodable=True, decided_by=endpoint,
+                                    reason=f"{len(data)} bytes is more than the inference service accepts")
             if response.status_code >= 500:
                 errors.append(f"{endpoint}: HTTP {response.status_code}")
                 if response.status_code != 503:

@@ -1,7 +1,9 @@
-"""The in-process inference engine: decode in worker threads, batch frames per detector, merge signals.
+"""The in-process inference engine: decode in killable worker processes, batch frames per detector, merge signals.
 
 `Engine.screen(data, content_type)` is the interface every detector front offers (this engine, the HTTP
-client of the inference service, the pull-mode queue): it returns named signals and never decides.
+client of the inference service, the pull-mode queue): it returns named signals and never decides. Bytes
+that cannot be decoded (corrupt, over the decode budget, or stopped at the decode processes' CPU-time,
+memory or wall limit) come back as an `undecodable` result; only an outage raises (QueueFull).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.batcher import Batcher
+from inference.decode_pool import DecodeLimitExceeded, DecodeLimits, DecodePool
 from inference.detectors import Detector, load_detector
 from inference.media import Media, MediaLimits, decode
 from inference.packs import load_pack
@@ -65,13 +68,15 @@ def merge_frames(per_frame: Sequence[dict[str, float]]) -> dict[str, float]:
 
 class Engine:
     def __init__(self, detectors: Sequence[Detector], *, media_limits: MediaLimits | None = None,
-                 max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 256, decode_workers: int = 2) -> None:
+                 max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 256, decode_workers: int = 2,
+                 decode_limits: DecodeLimits | None = None) -> None:
         if not detectors:
             raise ValueError("an engine needs at least one detector")
         self.detectors = list(detectors)
         self.media_limits = media_limits or MediaLimits()
         self.target_size = max((d.input_size for d in self.detectors), key=lambda s: s[0] * s[1])
-        self._decode_pool = concurrent.futures.ThreadPoolExecutor(decode_workers, thread_name_prefix="decode")
+        self.decode_pool = DecodePool(decode_workers, decode_limits)
+        self._prepare_pool = concurrent.futures.ThreadPoolExecutor(decode_workers, thread_name_prefix="prepare")
         self._infer_pools = [concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"infer-{d.name}")
                              for d in self.detectors]
         self.batchers: list[Batcher[Any, dict[str, float]]] = [
@@ -103,9 +108,13 @@ class Engine:
 
     async def screen(self, data: bytes, content_type: str | None = None) -> ScreenResult:
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        media, prepared = await loop.run_in_executor(self._decode_pool, self._decode_and_prepare, data,
-                                                     content_type)
+        try:
+            media = await self.decode_pool.run(decode, data, content_type, self.media_limits, self.target_size)
+        except DecodeLimitExceeded as exc:
+            media = Media(undecodable=True, reason=str(exc), over_budget=True)
+        prepared: list[list[Any]] = []
+        if not media.undecodable:
+            prepared = await asyncio.get_running_loop().run_in_executor(self._prepare_pool, self._prepare, media)
         decoded = time.perf_counter()
         if media.undecodable:
             return ScreenResult({"undecodable": 1.0}, packs=self.packs, undecodable=True, reason=media.reason,
@@ -123,16 +132,14 @@ class Engine:
             "decode": round((decoded - started) * 1000, 2), "infer": round((done - decoded) * 1000, 2),
             "total": round((done - started) * 1000, 2)})
 
-    def _decode_and_prepare(self, data: bytes, content_type: str | None) -> tuple[Media, list[list[Any]]]:
-        """Decoding and each detector's per-frame preprocessing, together in one worker thread."""
-        media = decode(data, content_type, self.media_limits, self.target_size)
-        if media.undecodable:
-            return media, []
-        return media, [[detector.prepare(frame) for frame in media.frames] for detector in self.detectors]
+    def _prepare(self, media: Media) -> list[list[Any]]:
+        """Each detector's per-frame preprocessing of frames already decoded (and bounded) in a worker thread."""
+        return [[detector.prepare(frame) for frame in media.frames] for detector in self.detectors]
 
     async def close(self) -> None:
         for batcher in self.batchers:
             await batcher.close()
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.decode_pool.close()
+        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
         for pool in self._infer_pools:
             pool.shutdown(wait=False, cancel_futures=True)

@@ -1,10 +1,14 @@
-"""Decoding uploads into a few RGB frames for the detectors, never trusting the client's Content-Type.
+"""Decoding uploads into a few RGB frames for the detectors and for PDQ, never trusting the client's Content-Type.
 
 Images: JPEG decoded at reduced size with Pillow's `draft`, EXIF orientation applied; PNG, WebP, GIF, APNG,
 AVIF (where Pillow has it). Animations and videos (PyAV, the `video` extra) are sampled to at most
-`max_frames` frames spread over their length. Every bound (bytes, pixels, frames, seconds) is checked, and
-anything that fails gives `undecodable` with a reason instead of an exception.
-Runs in worker threads: call it off the event loop.
+`max_frames` frames spread over their length. Every bound (bytes, pixels per frame, pixels over all the frames
+that must be decoded, frames, seconds) is checked from the headers BEFORE any pixel is decoded, and anything
+that fails gives `undecodable` with a reason instead of an exception. The bytes decide which decoder runs:
+the declared type is ignored, and when one decoder cannot open the bytes the other is tried.
+
+These functions are pure and unbounded in CPU time and memory once the checks pass: run them through
+:mod:`inference.decode_pool` (killable processes with hard limits), never on the event loop or in a thread.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ ISO_BRANDS_VIDEO = (b"isom", b"iso2", b"mp41", b"mp42", b"avc1", b"M4V ", b"qt  
 @dataclass(frozen=True)
 class MediaLimits:
     max_bytes: int = 256 * 1024 * 1024
-    max_pixels: int = 64_000_000
+    max_pixels: int = 64_000_000  # one frame's canvas
+    #: canvas pixels x frames that must be decoded to reach the last sampled one (animations decode every
+    #: frame in order; a video's sampled frames): 7999x7999 x 400 one-pixel GIF frames is 25.6e9, refused.
+    max_total_pixels: int = 1_000_000_000
     max_frames: int = 8
     max_video_seconds: float = 3600.0
 
@@ -37,6 +44,12 @@ class Media:
     frame_count: int = 0
     width: int = 0
     height: int = 0
+    over_budget: bool = False  # refused from its headers, before decoding: no other decoder is tried
+    unrecognised: bool = False  # this decoder does not know the format at all: the other one is asked
+
+
+def _over_budget(reason: str) -> Media:
+    return Media(undecodable=True, reason=reason, over_budget=True)
 
 
 def sniff(data: bytes) -> str:
@@ -72,8 +85,12 @@ def decode_image(data: bytes, limits: MediaLimits, target: tuple[int, int]) -> M
             image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > limits.max_pixels:
-                return Media(undecodable=True, reason=f"{width}x{height} exceeds {limits.max_pixels} pixels")
+                return _over_budget(f"{width}x{height} exceeds the decode budget of {limits.max_pixels} pixels "
+                                    "per frame")
             frames_total = getattr(image, "n_frames", 1)
+            if width * height * frames_total > limits.max_total_pixels:
+                return _over_budget(f"{width}x{height} x {frames_total} frames exceeds the decode budget of "
+                                    f"{limits.max_total_pixels} pixels")
             if image.format == "JPEG":
                 image.draft("RGB", (max(target) * 2, max(target) * 2))
             if frames_total <= 1:
@@ -85,9 +102,13 @@ def decode_image(data: bytes, limits: MediaLimits, target: tuple[int, int]) -> M
                 image.seek(index)
                 frames.append(_prepare(image.copy(), target))
             return Media(frames, kind="animation", frame_count=frames_total, width=width, height=height)
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        return Media(undecodable=True, reason=f"not a decodable image: {exc}")
-    except (OSError, ValueError, SyntaxError, EOFError, MemoryError) as exc:
+    except UnidentifiedImageError as exc:
+        return Media(undecodable=True, reason=f"not a decodable image: {exc}", unrecognised=True)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        return _over_budget(f"not a decodable image: {exc}")
+    except MemoryError:
+        return _over_budget("decoding needed more memory than the decoder may use")
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
         return Media(undecodable=True, reason=f"corrupt or truncated image: {exc}")
 
 
@@ -97,55 +118,71 @@ def decode_video(data: bytes, limits: MediaLimits, target: tuple[int, int]) -> M
     except ImportError:
         return Media(undecodable=True, reason="video decoding needs the `video` extra (PyAV)")
     try:
-        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        return Media(undecodable=True, reason=f"not a decodable video: {exc}", unrecognised=True)
+    try:
+        with container:
             if not container.streams.video:
-                return Media(undecodable=True, reason="no video stream")
+                return Media(undecodable=True, reason="no video stream", unrecognised=True)
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
             if width * height > limits.max_pixels:
-                return Media(undecodable=True, reason=f"{width}x{height} video exceeds {limits.max_pixels} pixels")
+                return _over_budget(f"{width}x{height} video exceeds the decode budget of {limits.max_pixels} "
+                                    "pixels per frame")
             duration = float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
             if not duration and container.duration:
                 duration = container.duration / 1_000_000
             if duration > limits.max_video_seconds:
-                return Media(undecodable=True, reason=f"video of {duration:.0f} s exceeds the limit")
-            stream.thread_type = "AUTO"
-            frames: list[Image.Image] = []
+                return _over_budget(f"video of {duration:.0f} s exceeds the limit")
             total = stream.frames or 0
-            if duration > 0 and total > limits.max_frames:
+            seeking = duration > 0 and total > limits.max_frames
+            to_decode = limits.max_frames if seeking else min(total or limits.max_frames, limits.max_frames)
+            if width * height * to_decode > limits.max_total_pixels:
+                return _over_budget(f"{width}x{height} x {to_decode} frames exceeds the decode budget of "
+                                    f"{limits.max_total_pixels} pixels")
+            stream.codec_context.thread_count = 1  # one thread: the decode process has a hard memory limit
+            frames: list[Image.Image] = []
+            if seeking:
                 for moment in [duration * (i + 0.5) / limits.max_frames for i in range(limits.max_frames)]:
                     container.seek(int(moment / stream.time_base), stream=stream, any_frame=False, backward=True)
                     for frame in container.decode(stream):
                         frames.append(_prepare(frame.to_image(), target))
                         break
-            else:
-                decoded = 0
+            else:  # short, or of unknown length: its first frames, up to the budget
                 for frame in container.decode(stream):
-                    decoded += 1
-                    if len(frames) < limits.max_frames:
-                        frames.append(_prepare(frame.to_image(), target))
-                    if decoded >= limits.max_frames * 30:
+                    frames.append(_prepare(frame.to_image(), target))
+                    if len(frames) >= limits.max_frames:
                         break
-                total = total or decoded
+                total = total or len(frames)
             if not frames:
                 return Media(undecodable=True, reason="the video has no decodable frame")
             return Media(frames, kind="video", frame_count=total or len(frames), width=width, height=height)
-    except (av.error.FFmpegError, OSError, ValueError, MemoryError) as exc:
+    except MemoryError:
+        return _over_budget("decoding needed more memory than the decoder may use")
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
         return Media(undecodable=True, reason=f"corrupt or unsupported video: {exc}")
 
 
 def decode(data: bytes, content_type: str | None, limits: MediaLimits, target_size: tuple[int, int]) -> Media:
-    """Frames for the detectors; `content_type` is only a hint, the bytes decide."""
+    """Sampled frames of the bytes. `content_type` is ignored (kept for the callers' one signature): the bytes
+    pick the decoder tried first, and when it cannot open them the other decoder has its say, so a video
+    declared as an image (or the reverse, or as anything else) is decoded all the same."""
+    del content_type
     if not data:
         return Media(undecodable=True, reason="empty body")
     if len(data) > limits.max_bytes:
-        return Media(undecodable=True, reason=f"{len(data)} bytes exceeds {limits.max_bytes}")
-    if sniff(data) == "video":
-        return decode_video(data, limits, target_size)
-    media = decode_image(data, limits, target_size)
-    if media.undecodable and (content_type or "").startswith("video/"):
-        video = decode_video(data, limits, target_size)
-        if not video.undecodable:
-            return video
-    return media
+        return _over_budget(f"{len(data)} bytes exceeds {limits.max_bytes}")
+    first, second = (decode_video, decode_image) if sniff(data) == "video" else (decode_image, decode_video)
+    try:
+        media = first(data, limits, target_size)
+        if media.unrecognised:
+            other = second(data, limits, target_size)
+            if not other.undecodable or other.over_budget:
+                return other
+        return media
+    except Exception as exc:
+        # Hostile bytes reach corners of the decoders' plugins (struct, index errors): whatever a decoder
+        # raises, these bytes are undecodable, never an escaping exception.
+        return Media(undecodable=True, reason=f"the decoder failed: {type(exc).__name__}: {exc}")
 

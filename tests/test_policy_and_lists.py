@@ -35,7 +35,7 @@ def test_default_policy_decides_and_explains() -> None:
     assert policy.decide({"nsfw": 0.95, "faces": 0}).action == "flag"
     assert policy.decide({"nsfw": 0.1}).action == "allow"
     assert policy.decide({}, undecodable=True).action == "reject"
-    assert policy.decide({}, media=False).action == "flag"
+    assert policy.decide({}, media=False).action == "reject"  # pict-rs stores only media (issue 9)
     assert policy.on_unavailable == "defer" and policy.version.startswith("sha256:")
     text = "\n".join(policy.explain({"nsfw": 0.95}))
     assert "clip_csam >= 1: no such signal" in text and "decision: flag by rule 'explicit-nudity'" in text

@@ -52,6 +52,21 @@ def _expected_md5(headers: Mapping[str, str]) -> bytes | None:
     return digest
 
 
+#: Content-Encoding values a body may carry: the framing S3 itself removes, and "no encoding".
+ACCEPTED_ENCODINGS = frozenset({"aws-chunked", "identity"})
+
+
+def check_content_encoding(headers: Mapping[str, str]) -> None:
+    """Refuse any Content-Encoding but aws-chunked/identity: the bytes screened must be the bytes a reader
+    gets, and a `gzip` object is served decoded by every HTTP client (pict-rs never sends one)."""
+    tokens = {t.strip().lower() for t in headers.get("content-encoding", "").split(",")} - {""}
+    refused = sorted(tokens - ACCEPTED_ENCODINGS)
+    if refused:
+        raise S3Error("InvalidArgument", f"Content-Encoding {', '.join(refused)} is not accepted: upload the bytes "
+                      "as they are to be served (only aws-chunked or identity).",
+                      extra={"ArgumentName": "Content-Encoding", "ArgumentValue": ", ".join(refused)})
+
+
 def _header_checksum(headers: Mapping[str, str]) -> tuple[str, Checksum] | None:
     for name, value in headers.items():
         if name.startswith("x-amz-checksum-") and name != "x-amz-checksum-type":
@@ -70,6 +85,7 @@ async def read_body(
     timeout_s: float,
 ) -> SpooledBody:
     """Read, decode and verify a request body; the caller owns (and closes) the returned body."""
+    check_content_encoding(headers)
     size = declared_size(headers, auth)
     if size is None and not auth.streaming and headers.get("transfer-encoding", "").lower() != "chunked":
         raise S3Error("MissingContentLength")

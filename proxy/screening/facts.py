@@ -1,6 +1,6 @@
 """What the pipeline knows about one upload, gathered lazily and at most once, and what it decided.
 
-Steps ask :class:`Facts` for what they need (the cache entry, the bytes, the PDQ hash); each fact is computed
+Steps ask :class:`Facts` for what they need (the cache entry, the bytes, the frames' PDQ hashes); each fact is computed
 on first use and kept, so the order of the steps decides the work done, never a flag threaded through them.
 """
 
@@ -11,26 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.screening.cache import CachedScan, VerdictCache
-from proxy.screening.hashing import Hashes, Pdq, pdq_hash
+from proxy.screening.hashing import FrameHashes, Hashes, Pdq, frame_hashes
+from proxy.screening.sniff import SNIFF_BYTES, sniff
 from proxy.storage.spool import SpooledBody
 
-#: Leading bytes of the media pict-rs stores, for uploads whose Content-Type says nothing (0.4.0 sent
-#: application/octet-stream for everything).
-_MEDIA_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"\x1aE\xdf\xa3", b"\xff\x0a",
-                b"\x00\x00\x00\x0cJXL ", b"BM")
 #: Bodies are handed to the detectors in memory; larger ones are "too large to screen" (on_undecodable).
 #: pict-rs's own default limit for an upload is 40 MB.
 MAX_DETECTOR_BYTES = 64 * 1024 * 1024
-
-
-def is_media(data_head: bytes, content_type: str) -> bool:
-    if content_type.startswith(("image/", "video/")):
-        return True
-    if data_head[:4] == b"RIFF" and data_head[8:12] == b"WEBP":
-        return True
-    if data_head[4:8] == b"ftyp":
-        return True
-    return data_head.startswith(_MEDIA_MAGIC)
 
 
 @dataclass
@@ -67,7 +54,7 @@ class Facts:
         self._cache = cache
         self._lookup: tuple[bool, CachedScan | None] | None = None
         self._data: Any = _UNSET
-        self._pdq: Any = _UNSET
+        self._frames: FrameHashes | None = None
         self._media: bool | None = None
 
     @property
@@ -86,17 +73,16 @@ class Facts:
         return (await self.lookup())[1]
 
     async def media(self) -> bool:
+        """Whether the bytes are an image or a video: the sniffed signature, else the decoders' own probing.
+        The declared Content-Type plays no part."""
         if self._media is None:
             cached = await self.cached()
             if cached is not None:
                 self._media = cached.media
             else:
-                head = await asyncio.to_thread(lambda: self.body.reader().read(64))
-                self._media = is_media(head, self.content_type)
+                head = await asyncio.to_thread(lambda: self.body.reader().read(SNIFF_BYTES))
+                self._media = sniff(head) != "unknown" or (await self.frames()).decodable
         return self._media
-
-    async def still_image(self) -> bool:
-        return await self.media() and not self.content_type.startswith("video/")
 
     async def data(self) -> bytes | None:
         """The whole body in memory, or None when it is too large to screen."""
@@ -104,20 +90,29 @@ class Facts:
             self._data = await asyncio.to_thread(self.body.read_all) if self.fits else None
         return self._data
 
-    async def pdq(self) -> Pdq | None:
-        """PDQ of a still image: from the cache when known, else computed from the bytes."""
-        if self._pdq is _UNSET:
+    async def frames(self) -> FrameHashes:
+        """PDQ of every sampled frame in its eight orientations: from the cache when known, else decoded (in a
+        killable worker process, within the decode budget)."""
+        if self._frames is None:
             cached = await self.cached()
-            if cached is not None and cached.pdq:
-                self._pdq = Pdq(cached.pdq, 100)
-            elif await self.still_image() and (data := await self.data()) is not None:
-                self._pdq = await asyncio.to_thread(pdq_hash, data)
+            if cached is not None and cached.frames is not None:
+                self._frames = cached.frames
+            elif (data := await self.data()) is not None:
+                self._frames = await frame_hashes(data)
             else:
-                self._pdq = None
-        return self._pdq
+                self._frames = FrameHashes(False, "none", f"over {MAX_DETECTOR_BYTES} bytes: too large to decode")
+        return self._frames
+
+    async def pdq_candidates(self) -> list[Pdq]:
+        """Every PDQ hash to match against the lists (each frame, each orientation)."""
+        return (await self.frames()).candidates()
+
+    async def pdq(self) -> Pdq | None:
+        """The first frame's PDQ as it is: the one hash a decision records."""
+        return (await self.frames()).first
 
     async def base(self) -> dict[str, Any]:
         """The fields every decision records."""
-        pdq = await self.pdq() if self._pdq is not _UNSET else None
+        pdq = self._frames.first if self._frames is not None else None
         return {"policy_version": self.policy_version, "sha256": self.hashes.sha256, "md5": self.hashes.md5,
                 "pdq": pdq.hash_hex if pdq else ""}

@@ -1,17 +1,40 @@
-"""The one place screening hashes are computed: SHA-256 and MD5 of the bytes, PDQ of the pixels."""
+"""The one place screening hashes are computed: SHA-256 and MD5 of the bytes, PDQ of the pixels.
+
+PDQ is computed on every frame the decoder samples (a still: its one frame; an animation: every frame up to
+:data:`PDQ_FRAMES`, then that many spread over it; a video: that many spread over its length), each with its
+eight dihedral variants (rotations by 90/180/270 and mirrors, one `pdqhash.compute_dihedral` call), so a
+picture hidden in frame 2 of a GIF, in an MP4 or turned on its side is still matched against the lists.
+
+Why PDQ per sampled frame and not vPDQ: vPDQ hashes a video one frame per second and matches a video against
+another video by the share of frames in common; our lists hold PDQ hashes of single pictures (the test image,
+block-list entries), and the question is whether ANY frame is one of them, which is PDQ of each frame. The
+frames come from the same bounded decoder the detectors use (:mod:`inference.media`), so there is one way to
+decode, with one budget, and `vpdq`'s own FFmpeg build is not needed.
+
+Decoding runs in a killable worker process (:mod:`inference.decode_pool`), never in the proxy itself: bytes
+over the decode budget, or stopped at its CPU-time, memory or wall limit, are undecodable.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import io
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps
 
-#: PDQ is computed on at most this many pixels per side (it works on a 64x64 downsample anyway).
+from inference.decode_pool import DecodeLimitExceeded, DecodePool, shared_pool
+from inference.media import MediaLimits, decode
+
+#: PDQ is computed on at most this many pixels per side (it works on a 64x64 downsample anyway): frames are
+#: decoded for a 256x256 target, which `inference.media` keeps at up to twice that.
 PDQ_MAX_SIDE = 512
-MAX_PIXELS = 64_000_000
+#: Frames hashed per upload: pict-rs's default limit for an animation is 100 frames, so every frame of any
+#: animation it accepts is hashed; longer ones (and videos) have this many frames spread over their length.
+PDQ_FRAMES = 100
+PDQ_LIMITS = MediaLimits(max_frames=PDQ_FRAMES)
+_TARGET = (PDQ_MAX_SIDE // 2, PDQ_MAX_SIDE // 2)
 
 
 @dataclass(frozen=True)
@@ -26,27 +49,87 @@ class Pdq:
     quality: int
 
 
+@dataclass(frozen=True)
+class FrameHashes:
+    """What the bytes' pixels hash to: facts about the bytes alone, whatever type the client declared.
+
+    `frames` holds, per sampled frame, its eight dihedral PDQ variants (the frame as it is first).
+    """
+
+    decodable: bool
+    kind: str = "none"  # image | animation | video | none
+    reason: str = ""
+    frames: tuple[tuple[Pdq, ...], ...] = field(default_factory=tuple)
+    #: refused by the decode budget or stopped at a hard limit: undecodable whatever decoder is asked
+    over_budget: bool = False
+    #: stopped at the wall-clock limit: may depend on the machine's load, so never cached
+    stopped: bool = False
+
+    @property
+    def first(self) -> Pdq | None:
+        """The first frame as it is: the PDQ an evidence record names."""
+        return self.frames[0][0] if self.frames else None
+
+    def candidates(self) -> list[Pdq]:
+        """Every hash to match against the lists: each sampled frame in each of its eight orientations."""
+        return [pdq for variants in self.frames for pdq in variants]
+
+    def to_json(self) -> str:
+        return json.dumps({"decodable": self.decodable, "kind": self.kind, "reason": self.reason,
+                           "over_budget": self.over_budget,
+                           "frames": [[[p.hash_hex, p.quality] for p in variants] for variants in self.frames]})
+
+    @classmethod
+    def from_json(cls, text: str) -> FrameHashes:
+        raw: dict[str, Any] = json.loads(text)
+        frames = tuple(tuple(Pdq(str(h), int(q)) for h, q in variants) for variants in raw["frames"])
+        return cls(bool(raw["decodable"]), str(raw["kind"]), str(raw["reason"]), frames,
+                   bool(raw.get("over_budget")))
+
+
 def hash_bytes(data: bytes) -> Hashes:
     return Hashes(hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest())  # noqa: S324 - content id
 
 
-def pdq_hash(data: bytes) -> Pdq | None:
-    """PDQ of the first frame (EXIF orientation applied), or None when the bytes are not a decodable image."""
+def _pdq_variants(frame: Any) -> tuple[Pdq, ...]:
     import pdqhash
 
+    vectors, quality = pdqhash.compute_dihedral(np.asarray(frame, dtype=np.uint8))
+    return tuple(Pdq(np.packbits(np.asarray(v, dtype=np.uint8)).tobytes().hex(), int(quality)) for v in vectors)
+
+
+def frame_hashes_here(data: bytes) -> FrameHashes:
+    """Decode and hash in THIS process: only for a decode-pool worker (unbounded otherwise)."""
+    media = decode(data, None, PDQ_LIMITS, _TARGET)
+    if media.undecodable:
+        return FrameHashes(False, "none", media.reason, over_budget=media.over_budget)
+    return FrameHashes(True, media.kind, "", tuple(_pdq_variants(frame) for frame in media.frames))
+
+
+def _stopped(exc: DecodeLimitExceeded) -> FrameHashes:
+    return FrameHashes(False, "none", str(exc), over_budget=True, stopped=exc.wall_clock)
+
+
+async def frame_hashes(data: bytes, pool: DecodePool | None = None) -> FrameHashes:
+    """PDQ of every sampled frame, decoded in a killable worker process."""
     try:
-        image = Image.open(io.BytesIO(data))
-        if image.width * image.height > MAX_PIXELS:
-            return None
-        if image.format == "JPEG":
-            image.draft("RGB", (PDQ_MAX_SIDE, PDQ_MAX_SIDE))
-        image = ImageOps.exif_transpose(image).convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        return None
-    image.thumbnail((PDQ_MAX_SIDE, PDQ_MAX_SIDE), Image.Resampling.BILINEAR)
-    vector, quality = pdqhash.compute(np.asarray(image, dtype=np.uint8))
-    bits = np.packbits(np.asarray(vector, dtype=np.uint8))
-    return Pdq(bits.tobytes().hex(), int(quality))
+        return await (pool or shared_pool()).run(frame_hashes_here, data)
+    except DecodeLimitExceeded as exc:
+        return _stopped(exc)
+
+
+def frame_hashes_sync(data: bytes, pool: DecodePool | None = None) -> FrameHashes:
+    """`frame_hashes` for synchronous callers (the CLI, start-up, tests)."""
+    try:
+        return (pool or shared_pool()).call(frame_hashes_here, data)
+    except DecodeLimitExceeded as exc:
+        return _stopped(exc)
+
+
+def pdq_hash(data: bytes) -> Pdq | None:
+    """PDQ of the first frame as it is (EXIF orientation applied), or None when the bytes are not a decodable
+    image: the hash a list entry is made of."""
+    return frame_hashes_sync(data).first
 
 
 def hamming(a_hex: str, b_hex: str) -> int:

@@ -12,7 +12,7 @@ quality (below MIN_PDQ_QUALITY, e.g. near-uniform images) are not matched, becau
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -24,10 +24,20 @@ from proxy.screening.testimage import CATEGORY as TEST_CATEGORY
 from proxy.screening.testimage import builtin_hashes
 
 MIN_PDQ_QUALITY = 50
+#: At most this many (candidate, entry) distances are held at once while matching.
+_MAX_PAIRS = 1_000_000
 _LINE = re.compile(r"^(sha256|md5|pdq):([0-9a-fA-F]+)(?:\s+(.*))?$")
 _LENGTHS = {"sha256": 64, "md5": 32, "pdq": 64}
 
 Kind = Literal["sha256", "md5", "pdq"]
+#: What a PDQ match is asked about: an upload's candidate hashes (one hash, or none, is accepted too).
+Candidates = Sequence[Pdq] | Pdq | None
+
+
+def _as_list(candidates: Candidates) -> Sequence[Pdq]:
+    if candidates is None:
+        return ()
+    return (candidates,) if isinstance(candidates, Pdq) else candidates
 
 
 class HashListError(ValueError):
@@ -78,16 +88,25 @@ class HashList:
                 return Match(self.name, kind, value, label)  # type: ignore[arg-type]
         return None
 
-    def match_pdq(self, pdq: Pdq | None, max_distance: int) -> Match | None:
-        if pdq is None or pdq.quality < MIN_PDQ_QUALITY or not self.pdq_hex:
+    def match_pdq(self, candidates: Candidates, max_distance: int) -> Match | None:
+        """The closest entry within `max_distance` of ANY candidate (every sampled frame of an upload, each in
+        its eight orientations); candidates of low quality are skipped."""
+        probes = list({p.hash_hex: p for p in _as_list(candidates) if p.quality >= MIN_PDQ_QUALITY})
+        if not probes or not self.pdq_hex:
             return None
-        probe = np.frombuffer(bytes.fromhex(pdq.hash_hex), dtype=">u8").astype(np.uint64)
-        xor = np.bitwise_xor(self._words(), probe)
-        distances = np.bitwise_count(xor).sum(axis=1)
-        best = int(distances.argmin())
-        if int(distances[best]) > max_distance:
+        words = self._words()
+        step = max(1, _MAX_PAIRS // len(words))  # bound the (probes x entries) working set
+        best_distance, best_entry = max_distance + 1, -1
+        for start in range(0, len(probes), step):
+            chunk = np.frombuffer(bytes.fromhex("".join(probes[start:start + step])), dtype=">u8")
+            chunk = chunk.astype(np.uint64).reshape(-1, 1, 4)
+            distances = np.bitwise_count(np.bitwise_xor(words[None, :, :], chunk)).sum(axis=2)
+            row, entry = np.unravel_index(int(distances.argmin()), distances.shape)
+            if int(distances[row, entry]) < best_distance:
+                best_distance, best_entry = int(distances[row, entry]), int(entry)
+        if best_entry < 0:
             return None
-        return Match(self.name, "pdq", self.pdq_hex[best], self.pdq_labels[best], int(distances[best]))
+        return Match(self.name, "pdq", self.pdq_hex[best_entry], self.pdq_labels[best_entry], best_distance)
 
 
 def load_list(path: Path, *, allow: bool) -> HashList:
@@ -139,9 +158,10 @@ class HashLists:
                 return Match(hash_list.name, "sha256", hashes.sha256, label)
         return None
 
-    def blocked(self, hashes: Hashes, pdq: Pdq | None) -> Match | None:
+    def blocked(self, hashes: Hashes, candidates: Candidates = ()) -> Match | None:
+        """An exact match, else a PDQ match of any candidate hash (see :meth:`HashList.match_pdq`)."""
         for hash_list in self.block:
-            found = hash_list.match_exact(hashes) or hash_list.match_pdq(pdq, self.pdq_max_distance)
+            found = hash_list.match_exact(hashes) or hash_list.match_pdq(candidates, self.pdq_max_distance)
             if found:
                 return found
         return None

@@ -3,7 +3,7 @@
     version = "2026-11"                 # optional; otherwise the file's SHA-256 names the version
     preset = "balanced"                 # optional: strict | balanced | lenient (defaults/presets.toml)
     on_undecodable = "flag"             # media that cannot be decoded
-    on_non_media = "allow"              # content types that are not image/* or video/*
+    on_non_media = "reject"             # bytes that are no image or video (sniffed, never the declared type)
     on_unavailable = "defer"            # detectors unreachable: defer | refuse | allow
 
     [[rule]]
@@ -82,7 +82,7 @@ class Decision:
 class Policy:
     rules: tuple[Rule, ...]
     on_undecodable: str = "flag"
-    on_non_media: str = "allow"
+    on_non_media: str = "reject"  # pict-rs stores only media: unknown bytes stay out unless an operator says so
     on_unavailable: str = "defer"
     version: str = ""
     source: str = ""
@@ -205,7 +205,7 @@ def parse_policy(raw: Mapping[str, Any], *, source: str = "", digest: str = "") 
     return Policy(
         tuple(rules),
         on_undecodable=_choice(raw.get("on_undecodable", "flag"), ACTIONS, "on_undecodable"),
-        on_non_media=_choice(raw.get("on_non_media", "allow"), ACTIONS, "on_non_media"),
+        on_non_media=_choice(raw.get("on_non_media", "reject"), ACTIONS, "on_non_media"),
         on_unavailable=_choice(raw.get("on_unavailable", "defer"), UNAVAILABLE, "on_unavailable"),
         version=str(version),
         source=source,

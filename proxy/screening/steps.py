@@ -10,6 +10,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+from inference.client import OUTAGES
 from proxy.screening.cache import CachedScan, VerdictCache
 from proxy.screening.facts import MAX_DETECTOR_BYTES, Decision, Facts
 from proxy.screening.hashlists import HashList, HashLists, Match
@@ -72,7 +73,7 @@ class ExactBlock:
         self.test_list = test_list
 
     async def decide(self, facts: Facts) -> Decision | None:
-        match = self.hashlists.blocked(facts.hashes, None) or self.test_list.match_exact(facts.hashes)
+        match = self.hashlists.blocked(facts.hashes) or self.test_list.match_exact(facts.hashes)
         if match is None:
             return None
         base = {"policy_version": facts.policy_version, "sha256": facts.hashes.sha256, "md5": facts.hashes.md5,
@@ -81,7 +82,9 @@ class ExactBlock:
 
 
 class PerceptualMatch:
-    """PDQ within the configured distance of a block list entry or the test image."""
+    """PDQ within the configured distance of a block list entry or the test image, for ANY candidate hash of
+    the upload: every frame the decoder sampled (stills, animations, videos), each in its eight orientations
+    (see :mod:`proxy.screening.hashing`). A match in any frame decides."""
 
     name = "perceptual"
 
@@ -90,9 +93,11 @@ class PerceptualMatch:
         self.test_list = test_list
 
     async def decide(self, facts: Facts) -> Decision | None:
-        pdq = await facts.pdq()
-        match = (self.hashlists.blocked(facts.hashes, pdq)
-                 or self.test_list.match_pdq(pdq, self.hashlists.pdq_max_distance))
+        candidates = await facts.pdq_candidates()
+        if not candidates:
+            return None
+        match = (self.hashlists.blocked(facts.hashes, candidates)
+                 or self.test_list.match_pdq(candidates, self.hashlists.pdq_max_distance))
         if match is None:
             return None
         return list_decision(match, await facts.base(), self.test_list)
@@ -152,7 +157,13 @@ class TooLarge:
 class RunDetectors:
     """The detectors (in-process engine, inference service or pull-mode workers), then the policy.
 
-    Always decides: when the detectors do not answer, the policy's `on_unavailable` does.
+    Always decides, and tells three failures apart:
+    - bytes over the decode budget, or whose decode was stopped at a hard limit (the proxy's own bounded
+      decode says so, or the detectors answer `undecodable`): `on_undecodable`, no detector is asked;
+    - a detector OUTAGE (connection refused, 5xx, queue full, every endpoint down, no answer in time):
+      `on_unavailable`;
+    - anything else the detectors raise on these bytes: `on_undecodable` too (fail closed; logged), never
+      "unavailable", which could land the bytes unscanned.
     """
 
     name = "detectors"
@@ -174,32 +185,50 @@ class RunDetectors:
         return self.learnt_packs
 
     async def decide(self, facts: Facts) -> Decision | None:
+        frames = await facts.frames()
         base = await facts.base()
-        result = await self._detect(await facts.data(), facts.content_type)
-        if result is None:
-            return self._unavailable(facts.allow_defer, base)
-        signals, undecodable = dict(result.signals), bool(result.undecodable)
-        packs, decided_by = result.pack_versions, getattr(result, "decided_by", "") or "detectors"
-        self.learnt_packs = packs
-        if self.cache is not None:
-            await self.cache.put(facts.hashes.sha256, CachedScan(packs, signals, base["pdq"], undecodable, True))
-        decided = self.policy.decide(signals, undecodable=undecodable)
-        return Decision(decided.action, decided.rule, decided.category, "detectors", decided.reason, signals,
-                        packs=packs, decided_by=decided_by, **base)
-
-    async def _detect(self, data: bytes | None, content_type: str) -> Any | None:
+        if frames.over_budget:
+            if not frames.stopped:
+                await self._remember(facts, self.current_packs() or {}, {"undecodable": 1.0}, True)
+            return self._undecodable(frames.reason, base)
+        data = await facts.data()
         if self.detectors is None or data is None:
-            return None
+            return self._unavailable(facts.allow_defer, base, "no detectors are configured")
         self.calls += 1
         try:
-            return await asyncio.wait_for(self.detectors.screen(data, content_type), self.scan_timeout_s)
-        except Exception as exc:  # any failure of the detectors is "unavailable"; the policy decides what then
+            result = await asyncio.wait_for(self.detectors.screen(data, facts.content_type), self.scan_timeout_s)
+        except OUTAGES as exc:
             log.warning("detectors unavailable: %s: %s", type(exc).__name__, exc)
-            return None
+            return self._unavailable(facts.allow_defer, base, f"the detectors did not answer ({type(exc).__name__})")
+        except Exception as exc:
+            log.exception("the detectors failed on %s; deciding it as undecodable", facts.hashes.sha256)
+            return self._undecodable(f"the detectors failed on these bytes: {type(exc).__name__}", base)
+        signals, undecodable = dict(result.signals), bool(result.undecodable)
+        packs, decided_by = result.pack_versions, getattr(result, "decided_by", "") or "detectors"
+        if packs:
+            self.learnt_packs = packs
+        await self._remember(facts, packs, signals, undecodable)
+        decided = self.policy.decide(signals, undecodable=undecodable)
+        reason = decided.reason + (f": {result.reason}" if undecodable and getattr(result, "reason", "") else "")
+        return Decision(decided.action, decided.rule, decided.category, "detectors", reason, signals,
+                        packs=packs, decided_by=decided_by, **base)
 
-    def _unavailable(self, allow_defer: bool, base: dict[str, Any]) -> Decision:
+    async def _remember(self, facts: Facts, packs: dict[str, str], signals: dict[str, float],
+                        undecodable: bool) -> None:
+        """Cache what was learnt about these bytes (frames from a stopped decode are not facts: not kept)."""
+        if self.cache is None:
+            return
+        frames = await facts.frames()
+        await self.cache.put(facts.hashes.sha256, CachedScan(packs, signals, None if frames.stopped else frames,
+                                                             undecodable, await facts.media()))
+
+    def _undecodable(self, reason: str, base: dict[str, Any]) -> Decision:
+        decided = self.policy.decide({"undecodable": 1.0}, undecodable=True)
+        return Decision(decided.action, decided.rule, decided.category, "undecodable", f"{decided.reason}: {reason}",
+                        {"undecodable": 1.0}, **base)
+
+    def _unavailable(self, allow_defer: bool, base: dict[str, Any], reason: str) -> Decision:
         mode = self.policy.on_unavailable
-        reason = "the detectors did not answer in time"
         if mode == "refuse" or (mode == "defer" and not allow_defer):
             return Decision("refuse", "on_unavailable", "", "unavailable", reason, **base)
         if mode == "defer":
