@@ -65,7 +65,7 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
             detectors, close_detectors = build_detectors(config)
         store = open_store(config.quarantine)
         quarantine = Quarantine(state.db.engine, store, retention_days=config.quarantine.retention_days)
-        pending = PendingScans(state.db)
+        pending = PendingScans(state.db, confirm_s=config.screening.pending_confirm_s)
         federation = None
         if config.federation.key_file or config.federation.peers:
             from proxy.federation.wiring import Federation
@@ -83,7 +83,10 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
         state.operations.screen = pipeline.screen
         worker = PendingWorker(pending, pipeline, state.upstream, config.limits,
                                idle_s=config.screening.pending_poll_s, backoff_s=config.screening.pending_retry_s,
-                               on_count=state.metrics.pending.set)
+                               max_attempts=config.screening.pending_max_attempts,
+                               missing_s=config.screening.pending_missing_s, on_count=state.metrics.pending.set)
+        # The front calls this once a screened write has landed; rows it never confirms wait pending_confirm_s.
+        state.operations.on_landed = pending.confirm
         worker.start()
         state.extras.update(pipeline=pipeline, quarantine=quarantine, pending=pending, pending_worker=worker)
 

@@ -134,6 +134,12 @@ class ScreeningConfig:
     #: Deferred scans: how often an idle worker looks for work, and how long it waits while detectors are away.
     pending_poll_s: float = 2.0
     pending_retry_s: float = 5.0
+    #: A pending row the front never confirmed written (the proxy died in between) is checked this late.
+    pending_confirm_s: float = 10.0
+    #: How long a pending object that is not (yet) in the bucket is looked for before it is reported missing.
+    pending_missing_s: float = 600.0
+    #: Claims of one pending row (detectors away, crashes while scanning it) before it is flagged for review.
+    pending_max_attempts: int = 10
 
 
 @dataclass(frozen=True)

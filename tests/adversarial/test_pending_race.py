@@ -1,0 +1,227 @@
+"""Deferred scans against a slow, lossy and crashing world (issue 9, races and crashes).
+
+The upload is deferred (the detectors are down, `on_unavailable = "defer"`), so its pending row is written
+before the object is written upstream. A real TCP relay in front of moto holds the PutObject (or drops it),
+and the proxy is a real `bucketguard serve` where it must be killed. Every test is judged by what is really in
+the bucket on moto, by the quarantine/evidence the CLI reports and by `bucketguard evidence verify`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import httpx
+import pytest
+from botocore.config import Config as BotoConfig
+from PIL import Image
+
+from tests.adversarial.relay import SlowRelay
+from tests.support.moto import S3Server, free_port
+from tests.support.proxy import CLIENT_BUCKET, CLIENTS, PICTRS_KEY, new_bucket, start_subprocess, write_config
+
+TOKEN = "inference-token"
+#: Any image the detectors look at is caught: a quarantine proves the deferred scan really ran them.
+CATCH_ALL = ('on_unavailable = "defer"\n[[rule]]\nname = "scanned"\n'
+             'when = { clip_underage_margin = ">= -1000" }\naction = "quarantine"\n')
+
+
+def photo(seed: int) -> bytes:
+    image = Image.new("RGB", (96, 64), (seed * 40 % 256, 90, 160))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def relay(moto_server: S3Server) -> Iterator[SlowRelay]:
+    relay = SlowRelay(int(moto_server.endpoint.rsplit(":", 1)[1]))
+    yield relay
+    relay.close()
+
+
+@pytest.fixture
+def world(relay: SlowRelay, moto_server: S3Server, tmp_path: Path):
+    relay.put_delay_s, relay.drop_puts, relay.answer_delay_s = 0.0, False, 0.0
+    bucket = new_bucket(moto_server)
+    policy = tmp_path / "policy.toml"
+    policy.write_text(CATCH_ALL)
+    port = free_port()
+
+    def config(**screening: object) -> Path:
+        lines = "\n".join(f"{k} = {v}" for k, v in {"pending_poll_s": 0.1, "pending_retry_s": 0.2,
+                                                      **screening}.items())
+        return write_config(tmp_path, S3Server(relay.endpoint), bucket,
+                            inference=f'mode = "remote"\nendpoints = ["http://127.0.0.1:{port}"]\n'
+                                      f'token = "{TOKEN}"\ntimeout_s = 2\nretries = 0',
+                            screening=f'policy = "{policy}"\nscan_timeout_s = 3\n{lines}')
+
+    yield {"bucket": bucket, "port": port, "config": config, "db": tmp_path / "state.db", "tmp": tmp_path}
+    relay.put_delay_s, relay.drop_puts, relay.answer_delay_s = 0.0, False, 0.0
+
+
+def client(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=PICTRS_KEY,
+                        aws_secret_access_key=CLIENTS[PICTRS_KEY],
+                        config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
+                                          read_timeout=60))
+
+
+def put_in_background(endpoint: str, key: str, data: bytes) -> tuple[threading.Thread, dict]:
+    result: dict = {}
+
+    def send() -> None:
+        try:
+            result["etag"] = client(endpoint).put_object(Bucket=CLIENT_BUCKET, Key=key, Body=data,
+                                                         ContentType="image/png")["ETag"]
+        except Exception as exc:  # the client's view is asserted by the test
+            result["error"] = exc
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread, result
+
+
+def pending_rows(db: Path) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT key, state, outcome FROM pending_scans ORDER BY id").fetchall()
+
+
+def wait_for(condition, timeout: float = 60.0, what: str = ""):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def quarantined(config: Path) -> list[dict]:
+    result = cli("quarantine", "list", "--json", "--config", str(config))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def assert_chain_verifies(config: Path) -> None:
+    result = cli("evidence", "verify", "--config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def start_inference(pack: Path, port: int) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, "-m", "proxy.cli", "inference", "serve", "--pack", str(pack),
+                                "--listen", f"127.0.0.1:{port}", "--token", TOKEN, "--provider", "cpu"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _ready(port), timeout=60, what="the inference service")
+    except AssertionError:
+        process.kill()
+        raise
+    return process
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_slow_write_is_scanned_once_it_lands_never_closed_as_gone(world, relay, moto_server,
+                                                                     test_pack_path) -> None:
+    """The worker polls every 0.1 s while the upstream holds the PUT for 4 s: before the fix it took the row,
+    got NoSuchKey, closed it as "gone", and the object landed unscanned (3 of 3 tries)."""
+    config = world["config"](pending_confirm_s=60)
+    proxy = start_subprocess(config, moto_server, world["bucket"])
+    service = None
+    try:
+        relay.put_delay_s = 4.0
+        thread, result = put_in_background(proxy.endpoint, "slow.png", photo(1))
+        wait_for(lambda: pending_rows(world["db"]), timeout=30, what="the pending row")
+        time.sleep(1.0)  # several polls of the worker while the write is held
+        assert moto_server.keys(world["bucket"]) == [], "the relay still holds the write"
+        assert [r[1] for r in pending_rows(world["db"])] == ["unconfirmed"], "not taken before it landed"
+        service = start_inference(test_pack_path, world["port"])
+        thread.join(60)
+        relay.put_delay_s = 0.0
+        assert "etag" in result, result.get("error")
+        wait_for(lambda: moto_server.keys(world["bucket"]) == [], timeout=90,
+                 what="the deferred scan to take the landed object out of the bucket")
+        assert [(i["key"], i["rule"], i["status"]) for i in quarantined(config)] == [
+            ("slow.png", "scanned", "quarantined")]
+        assert [(k, s) for k, s, _ in pending_rows(world["db"])] == [("slow.png", "done")]
+        assert_chain_verifies(config)
+    finally:
+        relay.put_delay_s = 0.0
+        proxy.stop()
+        if service is not None:
+            service.terminate()
+            service.wait(10)
+
+
+def test_proxy_killed_before_confirming_then_detectors_never_answer(world, relay, moto_server) -> None:
+    """kill -9 after the write landed but before its answer came back (the relay holds the answer): the row is
+    unconfirmed. The restarted proxy
+    finds it by the confirm deadline; the detectors never answer, so after a bounded number of attempts it
+    ends flagged for review with an evidence record, not retried for ever."""
+    config = world["config"](pending_confirm_s=1, pending_max_attempts=3)
+    proxy = start_subprocess(config, moto_server, world["bucket"])
+    data = photo(2)
+    try:
+        relay.answer_delay_s = 5.0
+        thread, result = put_in_background(proxy.endpoint, "orphan.png", data)
+        wait_for(lambda: moto_server.keys(world["bucket"]) == ["orphan.png"], timeout=30,
+                 what="the write to land upstream")
+        os.kill(proxy.process.pid, signal.SIGKILL)
+        proxy.process.wait(10)
+        thread.join(60)
+        relay.answer_delay_s = 0.0
+        assert "error" in result, "the client never saw a success"
+        assert [r[1] for r in pending_rows(world["db"])] == ["unconfirmed"]
+        proxy = start_subprocess(config, moto_server, world["bucket"])
+        rows = wait_for(lambda: [r for r in pending_rows(world["db"]) if r[1] == "done"], timeout=60,
+                        what="the row to end after its attempts")
+        assert rows[0][0] == "orphan.png" and rows[0][2].startswith("flagged: deferred scan gave up after 3 attempts")
+        assert moto_server.get(world["bucket"], "orphan.png") == data, "flagged objects stay, byte-exact"
+        caught = quarantined(config)
+        assert [(i["key"], i["rule"], i["status"]) for i in caught] == [
+            ("orphan.png", "deferred-scan-gave-up", "flagged")]
+        assert_chain_verifies(config)
+    finally:
+        relay.answer_delay_s = 0.0
+        proxy.stop()
+
+
+def test_a_write_that_never_lands_is_reported_missing_not_closed(world, relay, moto_server) -> None:
+    """The upstream drops the PutObject: nothing lands; the row is looked at until its deadline, then ends
+    `missing` with a warning, never `done`."""
+    config = world["config"](pending_confirm_s=0.5, pending_missing_s=3)
+    proxy = start_subprocess(config, moto_server, world["bucket"])
+    try:
+        relay.drop_puts = True
+        thread, result = put_in_background(proxy.endpoint, "lost.png", photo(3))
+        thread.join(60)
+        assert "error" in result, "a dropped write is no success"
+        relay.drop_puts = False
+        rows = wait_for(lambda: [r for r in pending_rows(world["db"]) if r[1] != "unconfirmed"], timeout=30,
+                        what="the row to be decided")
+        assert [(k, s) for k, s, _ in rows] == [("lost.png", "missing")]
+        assert "never confirmed written" in rows[0][2]
+        assert moto_server.keys(world["bucket"]) == []
+        assert "lost.png" in proxy.log() and "not scanned" in proxy.log()
+    finally:
+        proxy.stop()
