@@ -78,6 +78,8 @@ CASES = {
                                   "clients[0].secret_key: still the example's placeholder"),
     "placeholder admin token": (dict(server='admin_token = "set-by-BUCKETGUARD_ADMIN_TOKEN"'),
                                 "server.admin_token: still the example's placeholder"),
+    "env.example value left in place": (dict(server='validate_token = "change-me-validate-token"'),
+                                        "server.validate_token: still the example's placeholder"),
     "unreadable policy": (dict(screening='policy = "/etc/bucketguard-missing/policy.toml"'),
                           "screening.policy: /etc/bucketguard-missing/policy.toml: cannot read the policy"),
     "database folder missing": (dict(database="sqlite+aiosqlite:////nonexistent-bg/state.db"),

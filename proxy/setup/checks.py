@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 
 from proxy.config import ENV_PREFIX, Config, env_key
 
-#: The example config's secrets read `set-by-<ENVIRONMENT VARIABLE>`: a reminder, never a secret.
-PLACEHOLDER_PREFIX = "set-by-"
+#: The example config's secrets read `set-by-<ENVIRONMENT VARIABLE>`, deploy/env.example's `change-me-...`:
+#: reminders, never secrets.
+PLACEHOLDER_MARKERS = ("set-by-", "change-me")
 SQLITE_PREFIX = "sqlite+aiosqlite:///"
 
 
@@ -58,7 +59,7 @@ def placeholder_problems(config: Config) -> list[Problem]:
     """The example's `set-by-...` values left in place: they would work as real, public secrets."""
     return [Problem(key, f"still the example's placeholder {value!r}: set {ENV_PREFIX}{env} in the environment "
                          "(or write a real secret; `bucketguard init` generates them)")
-            for key, value, env in _secrets(config) if PLACEHOLDER_PREFIX in value]
+            for key, value, env in _secrets(config) if any(marker in value for marker in PLACEHOLDER_MARKERS)]
 
 
 def _same_service(a: str, b: str) -> bool:
