@@ -87,7 +87,7 @@ CASES = {
     "pack not loadable": (dict(inference=f'mode = "in-process"\npacks = ["{PACK_MISSING}"]'), "inference.packs[0]: "),
     "quarantine bucket passed through": (
         dict(buckets="", quarantine='store = "s3"\nbucket = "checked-quarantine"\naccess_key = "q"\nsecret_key = "q"'),
-        "upstream.buckets: every bucket is passed through"),
+        "upstream.buckets: empty, so every bucket name is passed through"),
     "quarantine bucket mapped": (
         dict(buckets='pictrs = "checked-media"\nevidence = "checked-quarantine"',
              quarantine='store = "s3"\nbucket = "checked-quarantine"\naccess_key = "q"\nsecret_key = "q"'),

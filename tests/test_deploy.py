@@ -65,19 +65,53 @@ def test_compose_wires_pictrs_through_the_proxy() -> None:
     pictrs_conf = tomllib.loads((DEPLOY / "pict-rs.toml").read_text())
     assert pictrs_conf["store"]["type"] == "object_storage"
     assert pictrs_conf["store"]["endpoint"] == "http://bucketguard:9000"
-    proxy_conf = tomllib.loads((DEPLOY / "bucketguard.toml").read_text())
+    assert "./bucketguard-compose.toml:/etc/bucketguard/bucketguard.toml:ro" in services["bucketguard"]["volumes"]
+    proxy_conf = tomllib.loads((DEPLOY / "bucketguard-compose.toml").read_text())
     assert proxy_conf["upstream"]["endpoint"] == "http://s3:9000"
     assert pictrs_conf["store"]["access_key"] in {c["access_key"] for c in proxy_conf["clients"]}
     assert pictrs_conf["store"]["bucket_name"] in proxy_conf["upstream"]["buckets"]
     assert pictrs_conf["store"]["region"] == proxy_conf["server"]["region"]
 
 
-def test_example_config_loads_with_secrets_from_the_environment() -> None:
-    env = {"BUCKETGUARD_CLIENT_PICTRS_SECRET": "from-env", "BUCKETGUARD_UPSTREAM_SECRET_KEY": "up"}
-    config = load_config(DEPLOY / "bucketguard.toml", environ=env)
-    assert config.client_secret("pictrs") == "from-env"
-    assert config.upstream.secret_key == "up"
-    assert Path(config.screening.policy).name == "policy.toml"
+COMPOSE_ENV = {"BUCKETGUARD_CLIENT_PICTRS_SECRET": "from-env", "BUCKETGUARD_UPSTREAM_ACCESS_KEY": "up-key",
+               "BUCKETGUARD_UPSTREAM_SECRET_KEY": "up", "BUCKETGUARD_INFERENCE_TOKEN": "inf",
+               "BUCKETGUARD_QUARANTINE_ACCESS_KEY": "q-key", "BUCKETGUARD_QUARANTINE_SECRET_KEY": "q"}
+SINGLE_ENV = {"BUCKETGUARD_CLIENT_PICTRS_SECRET": "from-env", "BUCKETGUARD_UPSTREAM_ACCESS_KEY": "up-key",
+              "BUCKETGUARD_UPSTREAM_SECRET_KEY": "up", "BUCKETGUARD_ADMIN_TOKEN": "adm",
+              "BUCKETGUARD_VALIDATE_TOKEN": "val"}
+
+
+@pytest.mark.parametrize(("name", "env", "mode"), [("bucketguard.toml", SINGLE_ENV, "in-process"),
+                                                   ("bucketguard-compose.toml", COMPOSE_ENV, "remote")])
+def test_example_configs_need_every_secret_from_the_environment(name: str, env: dict[str, str], mode: str) -> None:
+    """Each example loads; its `set-by-...` placeholders are refused until the environment replaces them all."""
+    from proxy.setup.checks import placeholder_problems, quarantine_exposure
+
+    config = load_config(DEPLOY / name, environ=env)
+    assert config.client_secret("pictrs") == "from-env" and config.upstream.secret_key == "up"
+    assert config.inference.mode == mode and Path(config.screening.policy).name == "policy.toml"
+    assert placeholder_problems(config) == [] and quarantine_exposure(config) == []
+    bare = load_config(DEPLOY / name, environ={})
+    refused = {p.key for p in placeholder_problems(bare)}
+    assert {"clients[0].secret_key", "upstream.access_key", "upstream.secret_key"} <= refused
+    assert len(refused) == len(env)
+
+
+def test_single_host_example_is_what_init_writes() -> None:
+    """deploy/bucketguard.toml and `bucketguard init --layout single` set up the same proxy (secrets aside)."""
+    from proxy.setup.init import InitOptions, render_config
+
+    example = load_config(DEPLOY / "bucketguard.toml", environ=SINGLE_ENV)
+    options = InitOptions(folder=Path("/etc/bucketguard"), upstream_endpoint=example.upstream.endpoint,
+                          real_bucket="pictrs-media", listen="127.0.0.1:9000",
+                          packs=("/var/lib/bucketguard/packs/nsfw-age",))
+    written = tomllib.loads(render_config(options, client_secret="s", admin_token="a", validate_token="v",
+                                          inference_token="i", worker_tokens={}, data=Path("/var/lib/bucketguard"),
+                                          policy=Path("/etc/bucketguard/policy.toml")))
+    for section in ("inference", "quarantine", "database", "limits"):
+        shipped = tomllib.loads((DEPLOY / "bucketguard.toml").read_text())[section]
+        assert {k: v for k, v in written[section].items() if k in shipped} == shipped, section
+    assert written["upstream"]["buckets"] == {"pictrs": "pictrs-media"}
 
 
 def test_systemd_units_verify(tmp_path: Path) -> None:

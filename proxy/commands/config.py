@@ -38,7 +38,8 @@ def run_check(args: argparse.Namespace) -> int:
     print(f"{args.file}: OK")
     print(f"  listen      {config.server.listen} (region {config.server.region})")
     print(f"  clients     {', '.join(c.access_key for c in config.clients)}")
-    served = ", ".join(f"{k} -> {v}" for k, v in config.upstream.buckets.items()) or "every bucket, names unchanged"
+    served = ("every bucket but the quarantine, names unchanged" if config.passthrough else
+              ", ".join(f"{k} -> {v}" for k, v in config.bucket_map.items()) or "every bucket, names unchanged")
     print(f"  upstream    {config.upstream.endpoint} ({config.upstream.addressing} addressing): {served}")
     print(f"  database    {config.database.url}")
     packs = f" ({', '.join(config.inference.packs)})" if config.inference.packs else ""

@@ -71,18 +71,24 @@ def _same_service(a: str, b: str) -> bool:
 
 
 def quarantine_exposure(config: Config) -> list[Problem]:
-    """With `store = "s3"`, the quarantine bucket must not be one the S3 front serves, whatever the map."""
+    """With `store = "s3"`, the quarantine bucket must not be one the S3 front could serve.
+
+    The front hides the quarantine bucket whatever the map (defence in depth); a config that would serve it
+    without that guard is refused all the same: an empty map (every name passed through implicitly), or a
+    client name mapped to it. Explicit pass-through (`buckets = "*"`) means "every bucket but the quarantine".
+    """
     q = config.quarantine
-    if q.store != "s3":
+    if q.store != "s3" or config.passthrough:
         return []
-    buckets = config.upstream.buckets
-    if not buckets or "*" in buckets or "*" in buckets.values():
-        return [Problem("upstream.buckets", f"every bucket is passed through, so S3 clients of the proxy could read "
-                        f"and delete the quarantine bucket {q.bucket!r}: map only pict-rs's bucket, e.g. "
-                        '[upstream.buckets] pictrs = "pictrs-media"')]
+    buckets = config.bucket_map
+    if not buckets:
+        return [Problem("upstream.buckets", f"empty, so every bucket name is passed through and S3 clients of the "
+                        f"proxy could reach the quarantine bucket {q.bucket!r}: map only pict-rs's bucket, e.g. "
+                        '[upstream.buckets] pictrs = "pictrs-media" (or write buckets = "*" to pass through every '
+                        "bucket but the quarantine)")]
     if _same_service(q.endpoint, config.upstream.endpoint):
         for name, real in buckets.items():
-            if real == q.bucket or (name == q.bucket and real == q.bucket):
+            if q.bucket in (real, name):
                 return [Problem(f"upstream.buckets.{name}", f"serves {real!r}, the quarantine bucket "
                                 "(quarantine.bucket): give the quarantine its own bucket that no client name maps to")]
     return []
@@ -194,10 +200,10 @@ async def _upstream_problems(config: Config) -> list[Problem]:
     problems: list[Problem] = []
     try:
         await upstream.start()
-        targets = sorted(set(config.upstream.buckets.items()), key=lambda kv: kv[0])
+        targets = sorted(config.bucket_map.items())
         for name, real in (targets or [("", "")]):
             try:
-                await (upstream.head_bucket(real) if real and real != "*" else upstream._call("list_buckets"))
+                await (upstream.head_bucket(real) if real else upstream.list_buckets())
             except S3Error as exc:
                 problems.append(_upstream_problem(config, name, real, exc))
                 if exc.code not in ("NoSuchBucket", "NoSuchKey"):
