@@ -88,12 +88,15 @@ def bomb_gif(width: int = 7999, height: int = 7999, frames: int = 400) -> bytes:
 
 
 def png_claiming(width: int, height: int) -> bytes:
-    """A PNG header announcing a huge canvas, with no pixel data behind it."""
+    """A well-formed PNG announcing a huge canvas, with one tiny compressed row behind it."""
     import zlib
 
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 16))
+            + chunk(b"IEND", b""))
 
 
 # ---- misbehaving decoders, run inside decode-pool workers ------------------------------------------------
