@@ -7,8 +7,10 @@ from starlette.responses import Response, StreamingResponse
 
 from proxy.front.calls import HEALTH_CHECK_KEY, Call, Handlers, http_date, is_internal, stored_headers, write_conditions
 from proxy.s3 import xml
+from proxy.s3.chunked import Checksum
 from proxy.s3.errors import S3Error
 from proxy.screening.upload import Upload
+from proxy.storage.spool import SpooledBody
 
 #: Response-header overrides a GET may ask for, as botocore parameters.
 RESPONSE_OVERRIDES = (("response-content-type", "ResponseContentType"),
@@ -67,7 +69,7 @@ class ObjectOperations(Handlers):
             etag = await self.upstream.put_object(call.real_bucket, key, body, content_type=content_type,
                                                   metadata=metadata, extra=extra)
             headers = {"ETag": etag}
-            headers.update(checksum_echo(call, body))
+            headers.update(await checksum_echo(call, body))
         finally:
             body.close()
         return Response(status_code=200, headers=headers)
@@ -102,9 +104,16 @@ class ObjectOperations(Handlers):
         return Response(answer.body, status_code=answer.status, headers=passed)
 
 
-def checksum_echo(call: Call, body: object) -> dict[str, str]:
-    """The x-amz-checksum-* header S3 echoes in a PutObject answer (read_body has verified it)."""
+async def checksum_echo(call: Call, body: SpooledBody) -> dict[str, str]:
+    """The x-amz-checksum-* S3 echoes in a PutObject answer: the header as sent (read_body verified it), or
+    for a trailer checksum (verified by the aws-chunked decoder) the same algorithm over the stored bytes."""
     for name, value in call.headers.items():
         if name.startswith("x-amz-checksum-") and name != "x-amz-checksum-type":
             return {name: value}
+    for name in (n.strip().lower() for n in call.headers.get("x-amz-trailer", "").split(",")):
+        if name.startswith("x-amz-checksum-"):
+            checksum = Checksum(name[len("x-amz-checksum-"):])
+            async for chunk in body.chunks():
+                checksum.update(chunk)
+            return {name: checksum.b64digest()}
     return {}

@@ -17,6 +17,7 @@ import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.handlers import validate_ascii_metadata
 
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.s3.errors import S3Error
@@ -40,9 +41,15 @@ _STATUS_CODES = {304: "NotModified", 400: "InvalidRequest", 403: "AccessDenied",
                  412: "PreconditionFailed", 416: "InvalidRange", 500: "InternalError", 503: "SlowDown"}
 
 
+def _wire(value: str) -> str:
+    """A header value as the upstream's bytes, in the latin-1 form an ASGI response writes byte for byte
+    (aiohttp decodes header bytes as UTF-8; metadata may be UTF-8)."""
+    return value.encode("utf-8", "surrogateescape").decode("latin-1")
+
+
 def _pick_headers(raw: Mapping[str, str]) -> dict[str, str]:
-    headers = {name: raw[name] for name in PASSED_HEADERS if name in raw}
-    headers.update({name: value for name, value in raw.items() if name.startswith("x-amz-meta-")})
+    headers = {name: _wire(raw[name]) for name in PASSED_HEADERS if name in raw}
+    headers.update({name: _wire(value) for name, value in raw.items() if name.startswith("x-amz-meta-")})
     return headers
 
 
@@ -110,6 +117,11 @@ class Upstream:
             verify=self.config.verify_tls,
             config=config,
         ))
+        # Metadata values are passed on exactly as the client signed them (UTF-8 included); botocore would
+        # refuse non-ASCII ones before sending.
+        for event in ("before-parameter-build.s3.PutObject", "before-parameter-build.s3.CopyObject",
+                      "before-parameter-build.s3.CreateMultipartUpload"):
+            self._client.meta.events.unregister(event, validate_ascii_metadata)
 
     async def close(self) -> None:
         if self._stack is not None:
