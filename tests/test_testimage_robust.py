@@ -127,3 +127,37 @@ def test_edited_copies_match_and_unrelated_images_do_not_with_a_margin(capsys: p
                                   encode(Image.new("RGB", (4, 4), "red"))])
 def test_bad_or_tiny_input_is_no_match_and_never_raises(data: bytes) -> None:
     assert match_bytes(data) is None
+
+
+def test_edited_copies_uploaded_through_the_proxy_end_in_quarantine(proxy_factory, tmp_path) -> None:
+    """The whole path: pict-rs-style PUTs through the real proxy to moto; judged by what is in the real bucket."""
+    import json
+    import subprocess
+    import sys
+
+    import skimage.data
+
+    from proxy.demo.pictrs_client import PictrsClient, PictrsError
+    from tests.support.proxy import CLIENT_BUCKET, CLIENTS, PICTRS_KEY
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[[rule]]\nname = "nudity"\nwhen = { nsfw = ">= 0.9" }\naction = "flag"\n')
+    proxy = proxy_factory(pipeline=True, screening=f'policy = "{policy}"')
+    client = PictrsClient(proxy.endpoint, CLIENT_BUCKET, PICTRS_KEY, CLIENTS[PICTRS_KEY])
+    uploads = {
+        "cropped.jpg": encode(crop(REFERENCE, .09, .04, .02, .08), "JPEG", quality=80),
+        "bordered.png": encode(ImageOps.expand(REFERENCE, 10, "white")),
+        "thumb64.webp": encode(thumbnail(crop(REFERENCE, .05, 0, 0, .05), 64), "WEBP", quality=70),
+    }
+    for name, data in uploads.items():
+        with pytest.raises(PictrsError) as info:
+            client.put(f"edited/{name}", data, "image/jpeg")
+        assert info.value.status == 403 and info.value.code == "AccessDenied", name
+    benign = encode(Image.fromarray(skimage.data.astronaut()), "JPEG", quality=85)
+    client.put("ok/astronaut.jpg", benign, "image/jpeg")
+    assert proxy.upstream_keys() == ["ok/astronaut.jpg"]  # nothing else, staging prefixes included
+    listed = subprocess.run([sys.executable, "-m", "proxy.cli", "quarantine", "list", "--json", "--config",
+                             str(proxy.config_path)], capture_output=True, text=True, timeout=120)
+    caught = json.loads(listed.stdout)
+    assert sorted(item["key"] for item in caught) == sorted(f"edited/{name}" for name in uploads)
+    assert {item["category"] for item in caught} == {"test"}

@@ -29,7 +29,7 @@ _MAX_PAIRS = 1_000_000
 _LINE = re.compile(r"^(sha256|md5|pdq):([0-9a-fA-F]+)(?:\s+(.*))?$")
 _LENGTHS = {"sha256": 64, "md5": 32, "pdq": 64}
 
-Kind = Literal["sha256", "md5", "pdq"]
+Kind = Literal["sha256", "md5", "pdq", "layout"]  # layout: the test image's robust matcher
 #: What a PDQ match is asked about: an upload's candidate hashes (one hash, or none, is accepted too).
 Candidates = Sequence[Pdq] | Pdq | None
 

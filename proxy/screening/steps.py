@@ -17,6 +17,7 @@ from proxy.screening.hashlists import HashList, HashLists, Match
 from proxy.screening.policy import Policy
 from proxy.screening.testimage import CATEGORY as TEST_CATEGORY
 from proxy.screening.testimage import RULE as TEST_RULE
+from proxy.screening.testimage import match_bytes as robust_test_image
 
 log = logging.getLogger("bucketguard.pipeline")
 
@@ -97,10 +98,21 @@ class PerceptualMatch:
         if not candidates:
             return None
         match = (self.hashlists.blocked(facts.hashes, candidates)
-                 or self.test_list.match_pdq(candidates, self.hashlists.pdq_max_distance))
+                 or self.test_list.match_pdq(candidates, self.hashlists.pdq_max_distance)
+                 or await self._robust_test_image(facts))
         if match is None:
             return None
         return list_decision(match, await facts.base(), self.test_list)
+
+    async def _robust_test_image(self, facts: Facts) -> Match | None:
+        """The test image after crops, borders or thumbnailing, where PDQ loses it (proxy.screening.testimage);
+        only for stills the bounded decoder already read."""
+        frames = await facts.frames()
+        data = await facts.data()
+        if data is None or not frames.decodable or frames.over_budget or frames.kind != "image":
+            return None
+        distance = await asyncio.to_thread(robust_test_image, data)
+        return None if distance is None else Match(self.test_list.name, "layout", f"{distance:.2f}", TEST_CATEGORY)
 
 
 class NonMedia:
