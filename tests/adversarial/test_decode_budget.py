@@ -107,6 +107,19 @@ def test_wall_deadline_kills_a_decoder_that_uses_no_cpu() -> None:
         pool.close()
 
 
+def test_a_caller_that_gives_up_kills_the_decode(strict_pool: DecodePool) -> None:
+    """A scan timeout cancels the wait: the worker is killed and replaced, not left burning behind it."""
+
+    async def give_up() -> tuple[int, int]:
+        before = await strict_pool.run(worker_pid)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(strict_pool.run(sleep_for, 30), 1)
+        return before, await strict_pool.run(worker_pid)
+
+    before, after = asyncio.run(give_up())
+    assert before != after
+
+
 def test_what_slips_past_the_budget_is_stopped_by_the_limits(strict_pool: DecodePool) -> None:
     """With the header budget lifted, the bomb itself is stopped by the worker's memory or CPU limit."""
     no_budget = MediaLimits(max_total_pixels=10**13, max_pixels=10**9)

@@ -235,6 +235,21 @@ def test_gzip_content_encoding_is_refused_before_anything_lands(guarded: Running
     assert not any(key.startswith("encoded/") for key in caught(guarded))
 
 
+def test_a_gzip_multipart_upload_does_not_land(guarded: RunningProxy) -> None:
+    """CreateMultipartUpload carries the encoding, not the parts: the assembled gzip bytes are no media, and
+    the shipped `on_non_media = "reject"` keeps them out (nothing in the bucket, staging included)."""
+    s3 = guarded.client()
+    upload = s3.create_multipart_upload(Bucket=CLIENT_BUCKET, Key="encoded/multipart", ContentType="image/png",
+                                        ContentEncoding="gzip")
+    part = s3.upload_part(Bucket=CLIENT_BUCKET, Key="encoded/multipart", UploadId=upload["UploadId"],
+                          PartNumber=1, Body=gzipped(generate_test_png()))
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.complete_multipart_upload(Bucket=CLIENT_BUCKET, Key="encoded/multipart", UploadId=upload["UploadId"],
+                                     MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
+    assert info.value.response["Error"]["Code"] in ("AccessDenied", "InvalidArgument")
+    bucket_holds_only_benign(guarded)
+
+
 def generate_test_png() -> bytes:
     from proxy.screening.testimage import generate_png
 
@@ -295,3 +310,38 @@ def test_frame_hashes_hold_eight_orientations_per_frame() -> None:
     assert again == frames
     still = frame_hashes_sync(io.BytesIO(generate_test_png()).getvalue())
     assert still.first is not None and still.first.hash_hex == builtin_test_list().pdq_hex[0]
+
+
+def test_the_cache_migration_forgets_entries_made_from_the_declared_type(tmp_path: Path) -> None:
+    """A database from before per-frame hashes: its entries (media-ness from the Content-Type, PDQ of frame 1)
+    are dropped by the migration, and the new column holds the frames' hashes."""
+    import asyncio
+
+    from proxy.screening.cache import CachedScan, VerdictCache
+    from proxy.state import Database
+
+    data = hidden_in_animation("GIF")
+    sha256 = hashlib.sha256(data).hexdigest()
+
+    async def run() -> None:
+        database = Database(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+        try:
+            await database.migrate()
+            async with database.engine.begin() as conn:  # turn it into a database of the old schema
+                await conn.exec_driver_sql("DELETE FROM schema_migrations WHERE id = 'verdict-cache-0002-frames'")
+                await conn.exec_driver_sql("ALTER TABLE verdict_cache DROP COLUMN frames_json")
+                await conn.exec_driver_sql(
+                    "INSERT INTO verdict_cache (sha256, packs_json, signals_json, pdq, undecodable, media, "
+                    f"updated_at) VALUES ('{sha256}', '{{}}', '{{}}', '', 0, 0, 'then')")
+            assert await database.migrate() == ["verdict-cache-0002-frames"]
+            cache = VerdictCache(database)
+            assert await cache.lookup(sha256) == (False, None)
+            frames = frame_hashes_sync(data)
+            await cache.put(sha256, CachedScan({"test": "1"}, {"nsfw": 0.1}, frames, False, True))
+            _, cached = await cache.lookup(sha256)
+            assert cached is not None and cached.frames == frames and cached.media
+            assert len(cached.frames.candidates()) == 3 * 8
+        finally:
+            await database.close()
+
+    asyncio.run(run())
