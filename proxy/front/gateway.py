@@ -60,6 +60,10 @@ class AppState:
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
+def _has_body(headers: Any) -> bool:
+    return headers.get("content-length", "0") not in ("0", "") or "transfer-encoding" in headers
+
+
 def _header_text(value: bytes) -> str:
     """Header values as the client signed them: UTF-8 when they are (x-amz-meta-*), else latin-1."""
     try:
@@ -123,6 +127,10 @@ class S3Front:
             log.exception("unexpected failure", extra={"fields": {"request_id": request_id}})
             response = self._error_response(S3Error("InternalError"), method, request_id, resource="")
         response.headers["x-amz-request-id"] = request_id
+        if response.status_code >= 300 and _has_body(headers):
+            # An error may be answered before the body was read (or read to its end): the rest of it must
+            # never be taken for the next request on this connection, so the connection ends here.
+            response.headers["connection"] = "close"
         await response(scope, receive, send)
         elapsed = time.perf_counter() - started
         metrics = state.metrics
