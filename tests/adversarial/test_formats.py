@@ -32,13 +32,11 @@ from tests.support.media_attacks import (
     gzipped,
     hidden_in_animation,
     hidden_in_mp4,
-    test_image_picture,
+    the_test_image,
     turned,
 )
 from tests.support.moto import S3Server
 from tests.support.proxy import CLIENT_BUCKET, RunningProxy, new_bucket, start_in_process, write_config
-
-av = pytest.importorskip("av", reason="the video extra (PyAV) is part of the dev install")
 
 
 def photo(name: str) -> Image.Image:
@@ -153,7 +151,7 @@ def test_a_benign_animation_and_video_land_byte_exact(guarded: RunningProxy) -> 
 def test_turned_copies_of_the_test_image_and_of_a_blocked_picture_are_caught(guarded: RunningProxy,
                                                                                turn: str) -> None:
     blocked_picture = guarded.blocked_picture  # type: ignore[attr-defined]
-    attacks = {f"turned/test-{turn}.jpg": (turned(test_image_picture(), turn), "builtin-test-image"),
+    attacks = {f"turned/test-{turn}.jpg": (turned(the_test_image(), turn), "builtin-test-image"),
                f"turned/blocked-{turn}.png": (turned(blocked_picture, turn, "PNG"), "blocklist:block.txt")}
     for key, (data, _) in attacks.items():
         answer = refused(guarded, key, data, "image/jpeg")
@@ -171,7 +169,7 @@ ODD_TYPES = ["Image/PNG", "IMAGE/JPEG", "application/octet-stream", "video/mp4",
 def test_odd_or_wrong_content_types_change_nothing(guarded: RunningProxy) -> None:
     """A re-encoded test image (not on any exact list: PDQ must find it) and the test image inside an MP4,
     each under every odd, wrong or missing type, are refused; the same benign photograph lands under each."""
-    reencoded = encode(test_image_picture(), "JPEG", quality=70)
+    reencoded = encode(the_test_image(), "JPEG", quality=70)
     video = hidden_in_mp4()
     for index, content_type in enumerate(ODD_TYPES):
         for name, data in (("jpeg", reencoded), ("mp4", video)):
@@ -293,7 +291,7 @@ def test_an_operator_may_loosen_non_media(tmp_path: Path) -> None:
 def test_sniff_names_media_by_its_bytes() -> None:
     png = generate_test_png()
     assert sniff(png) == "image"
-    assert sniff(encode(test_image_picture(), "JPEG")) == "image"
+    assert sniff(encode(the_test_image(), "JPEG")) == "image"
     assert sniff(hidden_in_animation("WEBP")) == "image"
     assert sniff(hidden_in_animation("GIF")) == "image"
     assert sniff(hidden_in_mp4(frames=3, shown=range(1))) == "video"

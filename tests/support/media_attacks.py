@@ -17,7 +17,7 @@ from proxy.screening.testimage import generate_png
 COVER_COLOUR = (30, 120, 200)
 
 
-def test_image_picture() -> Image.Image:
+def the_test_image() -> Image.Image:
     return Image.open(io.BytesIO(generate_png())).convert("RGB")
 
 
@@ -30,7 +30,7 @@ def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
 def hidden_in_animation(fmt: str, picture: Image.Image | None = None) -> bytes:
     """A three-frame animation (GIF, APNG as "PNG", animated "WEBP") whose FIRST frame is a plain cover and
     whose second frame is `picture` (the test image by default)."""
-    picture = picture or test_image_picture()
+    picture = picture or the_test_image()
     cover = Image.new("RGB", picture.size, COVER_COLOUR)
     buffer = io.BytesIO()
     cover.save(buffer, fmt, save_all=True, append_images=[picture, cover], duration=100, loop=0)
@@ -41,7 +41,7 @@ def hidden_in_mp4(picture: Image.Image | None = None, frames: int = 30, shown: r
     """An MPEG-4 video (PyAV) of a plain cover with `picture` shown for a few frames in the middle."""
     import av
 
-    picture = picture or test_image_picture()
+    picture = picture or the_test_image()
     cover = Image.new("RGB", picture.size, COVER_COLOUR)
     out = io.BytesIO()
     with av.open(out, mode="w", format="mp4") as container:
