@@ -95,6 +95,9 @@ class LimitsConfig:
     #: orphaned staging object deleted.
     janitor_interval_s: float = 600.0
     stale_upload_age_s: float = 86400.0
+    #: A request's head (request line and headers) is refused past these, before anything reads it.
+    max_header_bytes: int = 64 * 1024
+    max_header_count: int = 100
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 
 from proxy.cli import CommandError
@@ -32,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from proxy.app import build_app
     from proxy.config import ConfigError, load_config
     from proxy.logs import configure_logging
+    from proxy.serving import uvicorn_options
     from proxy.setup.checks import startup_problems
 
     try:
@@ -49,8 +49,7 @@ def run(args: argparse.Namespace) -> int:
     app = build_app(config)
     uvicorn.run(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-        loop="uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
-        http="httptools" if importlib.util.find_spec("httptools") else "h11",
         timeout_graceful_shutdown=10,
+        **uvicorn_options(config.limits.max_header_bytes, config.limits.max_header_count),
     )
     return 0
