@@ -59,6 +59,11 @@ def test_scan_and_evidence_speak_json(caught) -> None:
     assert scan.returncode == 0, scan.stderr
     report = json.loads(scan.stdout)
     assert report["objects"] >= 1 and report["dry_run"] is True
+    piped = bucketguard("scan", "--config", str(caught.config_path), "--dry-run", "--rescan", "--no-progress")
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.startswith("outcome\tobjects\n")
+    if report["rules"]:
+        assert "\n\nrule\tobjects\n" in piped.stdout
     verify = bucketguard("evidence", "verify", "--config", str(caught.config_path), "--json")
     assert verify.returncode == 0 and json.loads(verify.stdout)["ok"] is True
 
@@ -91,3 +96,12 @@ def test_screen_without_detectors_says_so(tmp_path: Path, test_pack_path: Path) 
     with_pack = bucketguard("screen", "--pack", str(test_pack_path), str(benign))
     assert "no detectors configured" not in with_pack.stderr
     assert with_pack.returncode in (0, 1) and "unscreened" not in with_pack.stdout
+
+
+def test_policy_explain_json(capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.cli import main
+
+    assert main(["policy", "explain", "--signals", '{"nsfw": 0.1}', "--json", "--presets"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["decision"] == {"action": "allow", "rule": "", "category": "", "reason": "no rule fired"}
+    assert set(out["presets"]) == {"strict", "balanced", "lenient"}

@@ -23,6 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     explain.add_argument("--signals", required=True, help='JSON object of signals, e.g. \'{"nsfw": 0.9}\'')
     explain.add_argument("--presets", action="store_true",
                          help="also show the decision of each severity preset (strict, balanced, lenient)")
+    explain.add_argument("--json", action="store_true",
+                         help="print the decision as one JSON object (action, rule, category, reason; presets)")
     explain.set_defaults(handler=run_explain)
 
 
@@ -80,6 +82,16 @@ def run_explain(args: argparse.Namespace) -> int:
             isinstance(v, int | float) and not isinstance(v, bool) for v in signals.values()):
         raise CommandError('--signals: expected a JSON object of names to numbers, like {"nsfw": 0.9}')
     values = {str(k): float(v) for k, v in signals.items()}
+    if args.json:
+        from dataclasses import asdict
+
+        from proxy.screening.policy import PRESETS, load_preset
+
+        out = {"decision": asdict(policy.decide(values))}
+        if args.presets:
+            out["presets"] = {name: asdict(load_preset(name).decide(values)) for name in PRESETS}
+        print(json.dumps(out))
+        return 0
     print("\n".join(policy.explain(values)))
     if args.presets:
         from proxy.screening.policy import PRESETS, load_preset

@@ -208,10 +208,12 @@ async def _scan_folder(config, folder: Path, since, args):
 
 
 def _print_summary(report: dict) -> None:
-    from proxy.commands.output import print_table
+    from proxy.commands.output import is_terminal, print_table
 
     print_table(f"scan of {report.get('bucket') or report.get('path')}: {report['objects']} objects"
                 + (" (dry run)" if report.get("dry_run") else ""), ("outcome", "objects"),
                 report["outcomes"].items(), right=("objects",))
     if report["rules"]:
+        if not is_terminal():
+            print()  # TSV: a blank line between the two tables
         print_table("rules that fired", ("rule", "objects"), report["rules"].items(), right=("objects",))
