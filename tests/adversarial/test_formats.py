@@ -343,3 +343,28 @@ def test_the_cache_migration_forgets_entries_made_from_the_declared_type(tmp_pat
             await database.close()
 
     asyncio.run(run())
+
+
+def test_matching_many_candidates_against_a_long_list_finds_the_closest() -> None:
+    """800 candidates (100 frames x 8 orientations) against 5,000 entries: matched in bounded chunks, and the
+    answer is the brute-force closest pair."""
+    import random
+
+    from proxy.screening.hashing import Pdq, hamming
+    from proxy.screening.hashlists import HashList
+
+    rng = random.Random(9)
+    entries = [f"{rng.getrandbits(256):064x}" for _ in range(5000)]
+    hash_list = HashList("long")
+    for index, entry in enumerate(entries):
+        hash_list.add("pdq", entry, f"entry-{index}")
+    target = entries[4321]
+    near = f"{int(target, 16) ^ 0b1011:064x}"  # three bits away
+    candidates = [Pdq(f"{rng.getrandbits(256):064x}", 100) for _ in range(799)] + [Pdq(near, 100)]
+    rng.shuffle(candidates)
+    match = hash_list.match_pdq(candidates, 31)
+    assert match is not None and (match.value, match.distance, match.label) == (target, 3, "entry-4321")
+    # random 256-bit hashes sit ~128 bits apart: the planted pair is the closest; check against its neighbours
+    assert min(hamming(c.hash_hex, e) for c in candidates[:50] for e in entries[:500]) > 31
+    assert hash_list.match_pdq([Pdq(near, 10)], 31) is None, "low-quality hashes are never matched"
+    assert hash_list.match_pdq([], 31) is None
