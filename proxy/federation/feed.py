@@ -3,7 +3,9 @@
 Pages are cut by cursor (`after`, the last `seq` the reader has) and at most MAX_LIMIT entries. The outbox
 is append-only, so a full page never changes: it is served as cacheable for a day; the last (partial) page
 for a few seconds. Every answer has an ETag and honours If-None-Match. Requests are rate-limited per client
-address (429 with Retry-After past the budget); the table of addresses is bounded.
+address (429 with Retry-After past the budget); the table of addresses is bounded. Each page carries `sig`,
+a JWS by the current key over (after, next, more, SHA-256 digest of the entries), so a reader can check a
+whole page with one signature (proxy.federation.ingest).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from proxy.federation.keys import SigningKey, page_digest
 from proxy.federation.publisher import Publisher
 
 MAX_LIMIT = 1000
@@ -59,6 +62,13 @@ def _cached(request: Request, body: dict[str, Any], max_age: int) -> Response:
     return Response(data, media_type="application/json", headers=headers)
 
 
+def signed_page(key: SigningKey, entries: list[dict[str, Any]], after: int, more: bool) -> dict[str, Any]:
+    """One feed page: the entries after `after`, and the key's signature over exactly them."""
+    following = entries[-1]["seq"] if entries else after
+    signed = {"v": 1, "t": "page", "after": after, "next": following, "more": more, "digest": page_digest(entries)}
+    return {"v": 1, "entries": entries, "more": more, "next": following, "sig": key.sign(signed)}
+
+
 def feed_routes(publisher: Publisher, *, rate: RateLimit | None = None) -> list[Route]:
     limiter = rate or RateLimit()
 
@@ -84,8 +94,7 @@ def feed_routes(publisher: Publisher, *, rate: RateLimit | None = None) -> list[
         if after < 0 or limit < 1:
             return _error(400, "after must be >= 0 and limit >= 1")
         entries, more = await publisher.page(after, min(limit, MAX_LIMIT))
-        body = {"v": 1, "entries": entries, "more": more, "next": entries[-1]["seq"] if entries else after}
-        return _cached(request, body, 86400 if more else 5)
+        return _cached(request, signed_page(publisher.key, entries, after, more), 86400 if more else 5)
 
     return [Route("/federation/v1/key", key, methods=["GET"]),
             Route("/federation/v1/feed", feed, methods=["GET"])]

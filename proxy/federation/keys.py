@@ -9,6 +9,8 @@ thumbprint, so any JOSE library computes the same id.
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -102,12 +104,37 @@ class SigningKey:
         return jws.serialize_compact(header, body, self.jwk, algorithms=[ALG])
 
 
+def page_digest(entries: list[Any]) -> str:
+    """SHA-256 (hex) over each entry's `"<seq> <jws>\\n"`, in order: what a page signature covers."""
+    digest = hashlib.sha256()
+    for entry in entries:
+        digest.update(f"{entry['seq']} {entry['jws']}\n".encode())
+    return digest.hexdigest()
+
+
+def unverified_payload(token: str) -> dict[str, Any]:
+    """A token's payload WITHOUT checking its signature: only for entries of a page whose signature verified."""
+    try:
+        payload = json.loads(unb64url(token.split(".")[1]))
+    except (ValueError, IndexError) as exc:
+        raise BadSignature("unreadable payload") from exc
+    if not isinstance(payload, dict):
+        raise BadSignature("the payload is not a JSON object")
+    return payload
+
+
 def token_kid(token: str) -> str:
     """The `kid` of a token's protected header, unverified (only to pick the key to verify with)."""
     if not isinstance(token, str) or len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:
         raise BadSignature("not a JWS compact token")
+    return _header_kid(token.split(".", 1)[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _header_kid(header_b64: str) -> str:
+    """Every entry a key signs has the same header: read it once."""
     try:
-        header = json.loads(unb64url(token.split(".", 1)[0]))
+        header = json.loads(unb64url(header_b64))
     except ValueError as exc:
         raise BadSignature("unreadable protected header") from exc
     if not isinstance(header, dict) or header.get("alg") != ALG or not isinstance(header.get("kid"), str):

@@ -71,7 +71,7 @@ class Puller:
         accepted = 0
         for _ in range(MAX_PAGES_PER_ROUND):
             page = await fetch_page(self._client, peer.url, peer.cursor, MAX_PAGE_ENTRIES)
-            checked = await self.ingester.ingest(peer, page["entries"])
+            checked = await self.ingester.ingest(peer, page["entries"], signature=page.get("sig"), after=peer.cursor)
             accepted += len(checked.entries)
             fresh = await self.store.peer(peer.name)
             if fresh is None or not page["more"] or fresh.cursor == peer.cursor:

@@ -2,19 +2,27 @@
 
 Known-safe is looked up by exact SHA-256 only; blocks also by PDQ, through an in-memory index of the
 block attestations' hashes (refreshed after every pull that stored something), whose candidates are then
-re-read from the database so that a revocation or a distrust counts at once.
+re-read from the database so that a revocation or a distrust counts at once. Every attestation's own
+signature is verified (once per process) before it counts, whatever the page it came in.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 import numpy as np
 
+from proxy.federation.keys import BadSignature, KeyFileError, PublicKey, token_kid, verify
 from proxy.federation.store import FederationStore
 from proxy.federation.trust import Rules, judge
 from proxy.screening.facts import Decision, Facts
 from proxy.screening.policy import Policy
+
+log = logging.getLogger("bucketguard.federation")
+#: Attestations whose signature was checked at use, kept to skip the check next time (cleared when full).
+MAX_VERIFIED = 100_000
 
 
 class PdqIndex:
@@ -55,6 +63,37 @@ class PeerAttestations:
         self.pdq_max_distance = pdq_max_distance
         self.index = PdqIndex()
         self.decisions = 0
+        self._verified: set[tuple[str, str, str]] = set()
+        self._keys: dict[str, PublicKey] = {}
+
+    def verified(self, row: dict[str, Any]) -> bool:
+        """The row's own signed statement verifies and says what the row says (once per attestation)."""
+        ident = (row["peer"], row["att_id"], row["token"])
+        if ident in self._verified:
+            return True
+        try:
+            kid = token_kid(row["token"])
+            lines = {self._key(row["peer_key"]).kid: row["peer_key"]}
+            lines.update({k: v["key"] for k, v in json.loads(row["peer_retired"] or "{}").items()})
+            payload = verify(row["token"], self._key(lines[kid]))
+        except (BadSignature, KeyError, KeyFileError, ValueError) as exc:
+            log.warning("federation: stored attestation %s of %s does not verify: %s", row["att_id"], row["peer"], exc)
+            return False
+        if (payload.get("id"), payload.get("sha256"), payload.get("verdict")) != (
+                row["att_id"], row["sha256"], row["verdict"]):
+            log.warning("federation: stored attestation %s of %s differs from its signed statement",
+                        row["att_id"], row["peer"])
+            return False
+        if len(self._verified) >= MAX_VERIFIED:
+            self._verified.clear()
+        self._verified.add(ident)
+        return True
+
+    def _key(self, line: str) -> PublicKey:
+        key = self._keys.get(line)
+        if key is None:
+            key = self._keys[line] = PublicKey.parse(line)
+        return key
 
     async def refresh(self) -> None:
         self.index.load(await self.store.block_pdqs())
@@ -65,7 +104,7 @@ class PeerAttestations:
             pdq = await facts.pdq()
             if pdq is not None:
                 near = self.index.near(pdq.hash_hex, self.pdq_max_distance)
-        rows = await self.store.usable(facts.hashes.sha256, near)
+        rows = [row for row in await self.store.usable(facts.hashes.sha256, near) if self.verified(row)]
         if not rows:
             return None
         judgement = judge(rows, self.policy, self.rules, sha256=facts.hashes.sha256)

@@ -1,0 +1,180 @@
+"""Federation's costs, measured against a baseline in the same run.
+
+    .venv/bin/python benchmarks/federation.py [--attestations 100000] [--uploads 150]
+
+1. Ingest: N attestations signed by a peer's key, in feed pages of 1,000, verified (JWS Ed25519 signature,
+   key, expiry) and stored by the same Ingester the puller uses (the HTTP transfer is not included).
+   Target here: 100,000 in under 10 s.
+2. Upload latency with a warm feed: `bucketguard serve` (the `test` pack in-process) in front of moto, the
+   database holding the N attestations above. The same workload of distinct small PNGs is uploaded twice:
+   (a) bytes the proxy scanned before (a verdict-cache hit: no model runs), (b) bytes it never saw but a
+   trusted peer attested clean (a federated known-safe hit: no model runs; a reliance record is written).
+   Printed: p50 and p90 of both and what federation adds (target: <= 2 ms p50). Uploads alternate (a)/(b).
+This machine is shared and noisy: read the differences and ratios, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import io
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+import httpx
+import numpy as np
+from botocore.config import Config
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from inference.export import test_pack
+from proxy.demo.servers import CLIENT_BUCKET, CLIENTS, PICTRS_KEY, free_port, start_moto_process, wait_healthy
+from proxy.demo.servers import write_proxy_config as write_config
+from proxy.federation.entries import Attestation, new_id
+from proxy.federation.feed import signed_page
+from proxy.federation.ingest import Ingester
+from proxy.federation.keys import SigningKey
+from proxy.federation.store import FederationStore
+from proxy.state import Database
+
+PAGE = 1000
+POLICY = '[[rule]]\nname = "never"\nwhen = { nsfw = ">= 2.0" }\naction = "quarantine"\n'
+
+
+def png(seed: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def signed_pages(key: SigningKey, shas: list[str]) -> list[dict]:
+    now = int(time.time())
+    items = []
+    for seq, sha in enumerate(shas, start=1):
+        attestation = Attestation(new_id(), "peer", sha, "", "clean", "detectors", "", {"nsfw": 0.01},
+                                  {"test": "1"}, now, now + 86400)
+        items.append({"seq": seq, "jws": key.sign(attestation.payload())})
+    return [signed_page(key, items[i:i + PAGE], i, i + PAGE < len(items)) for i in range(0, len(items), PAGE)]
+
+
+async def ingest(db_url: str, key: SigningKey, pages: list[dict]) -> float:
+    db = Database(db_url)
+    await db.migrate()
+    store = FederationStore(db)
+    await store.sync_peers([("peer", "http://127.0.0.1:9", key.public.line, key.public.kid, ("safe",), 1.0)])
+    ingester = Ingester(store, max_per_peer=10**8)
+    started = time.perf_counter()
+    for page in pages:
+        peer = await store.peer("peer")
+        assert peer is not None
+        await ingester.ingest(peer, page["entries"], signature=page["sig"], after=peer.cursor)
+    elapsed = time.perf_counter() - started
+    stored = await store.attestation_count("peer")
+    await db.close()
+    if stored != sum(len(p["entries"]) for p in pages):
+        raise RuntimeError(f"stored {stored} of {sum(len(p['entries']) for p in pages)}")
+    return elapsed
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100)[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--attestations", type=int, default=100_000)
+    parser.add_argument("--uploads", type=int, default=150)
+    args = parser.parse_args()
+    peer_key = SigningKey.generate()
+    cached_images = [png(i) for i in range(args.uploads)]
+    federated_images = [png(10**6 + i) for i in range(args.uploads)]
+    federated_shas = [hashlib.sha256(d).hexdigest() for d in federated_images]
+    filler = [secrets.token_hex(32) for _ in range(max(0, args.attestations - len(federated_shas)))]
+    pages = signed_pages(peer_key, federated_shas + filler)
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        db_file = tmp / "state.db"
+        seconds = asyncio.run(ingest(f"sqlite+aiosqlite:///{db_file}", peer_key, pages))
+        total = sum(len(p["entries"]) for p in pages)
+        print(f"ingest: {total} attestations verified and stored in {seconds:.2f} s "
+              f"({total / seconds:,.0f}/s; target 100,000 in < 10 s)")
+
+        moto = start_moto_process()
+        upstream = moto.server
+        real_bucket = "bench-federation"
+        upstream.create_bucket(real_bucket)
+        pack = test_pack.build(tmp / "pack")
+        policy = tmp / "policy.toml"
+        policy.write_text(POLICY)
+        federation = (f'[federation]\nsafe_quorum = 1\npull_interval_s = 3600\n[federation.peers.peer]\n'
+                      f'url = "http://127.0.0.1:9"\nkey = "{peer_key.public.line}"\ntrust = ["safe"]\n')
+        config = write_config(tmp, upstream, real_bucket, database=db_file, extra=federation,
+                              inference=f'mode = "in-process"\npacks = ["{pack}"]', screening=f'policy = "{policy}"')
+        port = free_port()
+        log = (tmp / "proxy.log").open("wb")
+        proxy = subprocess.Popen([sys.executable, "-m", "proxy.cli", "serve", "--config", str(config), "--listen",
+                                  f"127.0.0.1:{port}"], stdout=log, stderr=subprocess.STDOUT)
+        endpoint = f"http://127.0.0.1:{port}"
+        try:
+            wait_healthy(endpoint, proxy, log=tmp / "proxy.log")
+            signer = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                                  aws_access_key_id=PICTRS_KEY, aws_secret_access_key=CLIENTS[PICTRS_KEY],
+                                  config=Config(s3={"addressing_style": "path"}, signature_version="s3v4"))
+
+            def url(key: str) -> str:
+                return signer.generate_presigned_url("put_object", Params={"Bucket": CLIENT_BUCKET, "Key": key},
+                                                     ExpiresIn=3600)
+
+            with httpx.Client(timeout=60) as client:
+                def timed_put(key: str, data: bytes) -> float:
+                    target = url(key)
+                    started = time.perf_counter()
+                    response = client.put(target, content=data, headers={"content-type": "image/png"})
+                    elapsed = time.perf_counter() - started
+                    if response.status_code != 200:
+                        raise RuntimeError(f"PUT {key}: {response.status_code} {response.text[:200]}")
+                    return elapsed
+
+                for i, data in enumerate(cached_images):  # the first scan: the detectors run, the cache fills
+                    timed_put(f"warm/{i}.png", data)
+                cache_hits, federated_hits = [], []
+                for i in range(args.uploads):
+                    cache_hits.append(timed_put(f"cache/{i}.png", cached_images[i]))
+                    federated_hits.append(timed_put(f"federated/{i}.png", federated_images[i]))
+            metrics = httpx.get(f"{endpoint}/metrics").text
+        finally:
+            proxy.terminate()
+            proxy.wait(timeout=30)
+            log.close()
+            moto.stop()
+        decide = {}
+        for line in metrics.splitlines():
+            for step in ("cache", "federation"):
+                for part in ("sum", "count"):
+                    if line.startswith(f'bucketguard_screen_seconds_{part}{{step="{step}"}}'):
+                        decide[(step, part)] = float(line.rsplit(" ", 1)[1])
+        ms = 1000.0
+        c50, f50 = percentile(cache_hits, 50) * ms, percentile(federated_hits, 50) * ms
+        print(f"upload, verdict-cache hit:      p50 {c50:.2f} ms  p90 {percentile(cache_hits, 90) * ms:.2f} ms")
+        print(f"upload, federated known-safe:   p50 {f50:.2f} ms  p90 {percentile(federated_hits, 90) * ms:.2f} ms")
+        print(f"federation adds {f50 - c50:+.2f} ms at p50 (target <= 2 ms); {args.uploads} uploads each")
+        for step in ("cache", "federation"):
+            count = decide.get((step, "count"), 0)
+            if count:
+                print(f"time to a verdict (the proxy's own histogram), decided by {step}: "
+                      f"mean {decide[(step, 'sum')] / count * ms:.2f} ms over {count:.0f}")
+
+
+if __name__ == "__main__":
+    main()
