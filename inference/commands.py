@@ -30,6 +30,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="also write float16 variants of the models, used on CUDA with --fp16 (clip, test)")
     build.set_defaults(handler=run_build)
 
+    triton = actions.add_parser("triton-repo", help="write a Triton model repository for a pack (KServe v2)",
+                                description=("One folder per model: config.pbtxt (onnxruntime backend, dynamic "
+                                             "batching, GPU instances, fp16 on the GPU) and 1/model.onnx. Point "
+                                             "the proxy's KServe v2 endpoints at the Triton server."))
+    triton.add_argument("pack", help="the pack folder")
+    triton.add_argument("out", help="the repository folder (created; the pack's model folders are replaced)")
+    triton.add_argument("--max-batch", type=int, default=16, help="max_batch_size (default 16)")
+    triton.add_argument("--max-delay-us", type=int, default=5000,
+                        help="dynamic batching queue delay in microseconds (default 5000)")
+    triton.add_argument("--cpu", action="store_true", help="KIND_CPU instances and no fp16 (default: GPU, fp16)")
+    triton.add_argument("--no-fp16", action="store_true", help="fp32 on the GPU")
+    triton.set_defaults(handler=run_triton_repo)
+
     inference = subparsers.add_parser("inference", help="run the inference service or a pull-mode worker")
     modes = inference.add_subparsers(dest="inference_command", metavar="ACTION", required=True)
     serve = modes.add_parser("serve", help="serve POST /v1/screen over HTTP for proxies",
@@ -109,6 +122,24 @@ def run_info(args: argparse.Namespace) -> int:
     if manifest.get("source"):
         console.print(f"source: {manifest['source']}")
     console.print(f"checksums: all {len(pack.files)} files verified")
+    return 0
+
+
+def run_triton_repo(args: argparse.Namespace) -> int:
+    from inference.export.triton import write_triton_repo
+    from inference.packs import PackError
+
+    if args.max_batch < 1 or args.max_delay_us < 0:
+        raise CommandError("--max-batch must be at least 1 and --max-delay-us not negative")
+    try:
+        written = write_triton_repo(args.pack, args.out, max_batch=args.max_batch, max_delay_us=args.max_delay_us,
+                                    gpu=not args.cpu, fp16=not (args.cpu or args.no_fp16))
+    except PackError as exc:
+        raise CommandError(str(exc), status=1) from exc
+    except OSError as exc:
+        raise CommandError(f"cannot write the repository to {args.out}: {exc.strerror or exc}", status=1) from exc
+    for config in written:
+        print(f"wrote {config}")
     return 0
 
 

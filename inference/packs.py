@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -42,6 +43,8 @@ class ModelSpec:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     #: A float16 copy of `file` (float32 inputs and outputs), used on CUDA when fp16 is asked for.
     fp16_file: str | None = None
+    #: An int8 (dynamically quantised) copy of `file`, used on the CPU when int8 is asked for.
+    int8_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,15 @@ class Pack:
             return self.path / self.models[role].file
         except KeyError as exc:
             raise PackError(f"{self.path / MANIFEST}: models.{role} is missing (needed by kind {self.kind!r})") from exc
+
+    def int8_path(self, role: str) -> Path | None:
+        """The checksummed int8 variant of a model, when the pack has one."""
+        spec = self.models.get(role)
+        return self.path / spec.int8_file if spec is not None and spec.int8_file else None
+
+    def model_name(self, role: str) -> str:
+        """The model's name on a KServe v2 server (Triton's repository folder): `<pack>-<role>`."""
+        return re.sub(r"[^A-Za-z0-9_.-]", "_", f"{self.name}-{role}")
 
     def fp16_path(self, role: str) -> Path | None:
         """The checksummed float16 variant of a model, when the pack has one."""
@@ -109,6 +121,7 @@ def _model_spec(role: str, raw: Any, where: Path) -> ModelSpec:
             mean=tuple(float(v) for v in raw.get("mean", (0.0, 0.0, 0.0))),  # type: ignore[arg-type]
             std=tuple(float(v) for v in raw.get("std", (1.0, 1.0, 1.0))),  # type: ignore[arg-type]
             fp16_file=str(raw["fp16_file"]) if raw.get("fp16_file") else None,
+            int8_file=str(raw["int8_file"]) if raw.get("int8_file") else None,
         )
     except KeyError as exc:
         raise PackError(f"{where}: models.{role}.{exc.args[0]} is missing") from exc
@@ -161,6 +174,8 @@ def load_pack(path: str | Path, *, verify: bool = True) -> Pack:
             raise PackError(f"{where}: models.{role}.file {spec.file} has no checksum in files")
         if spec.fp16_file is not None and spec.fp16_file not in files:
             raise PackError(f"{where}: models.{role}.fp16_file {spec.fp16_file} has no checksum in files")
+        if spec.int8_file is not None and spec.int8_file not in files:
+            raise PackError(f"{where}: models.{role}.int8_file {spec.int8_file} has no checksum in files")
     for role, table in tables.items():
         if table not in files:
             raise PackError(f"{where}: tables.{role} {table} has no checksum in files")

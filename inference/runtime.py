@@ -24,6 +24,10 @@ class RuntimeOptions:
     fp16: bool = False
     intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
     inter_op_threads: int = 0
+    #: KServe v2 endpoints (Triton, MLServer, ...) that run the pack's graphs instead of a local session.
+    kserve: tuple[str, ...] = ()
+    #: Use a model's checksummed int8 variant (CPU) where the pack lists one.
+    int8: bool = False
 
     def __post_init__(self) -> None:
         if self.provider not in ("auto", "cpu", "cuda"):
@@ -54,8 +58,14 @@ def model_variant(path: Path, options: RuntimeOptions, cuda_requested: bool, fp1
     return path
 
 
-def create_session(path: Path, options: RuntimeOptions, *, fp16_path: Path | None = None) -> tuple[Any, str]:
-    """An InferenceSession and the provider that really runs it (read back after creation)."""
+def create_session(path: Path, options: RuntimeOptions, *, fp16_path: Path | None = None,
+                   model_name: str | None = None, int8_path: Path | None = None) -> tuple[Any, str]:
+    """An InferenceSession and the provider that really runs it (read back after creation); with
+    `options.kserve`, a session whose runs go to those KServe v2 endpoints as model `model_name`."""
+    if options.kserve:
+        from inference.kserve import KServeSession
+
+        return KServeSession(options.kserve, model_name or path.stem), "KServeV2"
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -75,9 +85,14 @@ def create_session(path: Path, options: RuntimeOptions, *, fp16_path: Path | Non
     settings.add_session_config_entry("session.inter_op.allow_spinning", "0")
     providers = requested_providers(options.provider, available)
     model = model_variant(path, options, CUDA in providers, fp16_path)
+    if options.int8 and CUDA not in providers:
+        if int8_path is not None:
+            model = int8_path
+        else:
+            log.warning("int8 asked for but the pack has no int8 variant of %s; running fp32", path.name)
     session = ort.InferenceSession(str(model), sess_options=settings, providers=providers)
     active = session.get_providers()[0]
-    if model != path and active != CUDA:  # the GPU build fell back to the CPU: run the fp32 model there
+    if model == fp16_path and model != path and active != CUDA:  # fell back to the CPU: run fp32 there
         session = ort.InferenceSession(str(path), sess_options=settings, providers=[CPU])
         model, active = path, CPU
     if options.provider == "cuda" and active != CUDA:

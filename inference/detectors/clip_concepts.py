@@ -22,7 +22,9 @@ class ClipConceptsDetector:
         model_path = pack.model_path("image")
         self.spec = pack.models["image"]
         self.input_size = self.spec.size
-        self.session, self.provider = create_session(model_path, options, fp16_path=pack.fp16_path("image"))
+        self.session, self.provider = create_session(model_path, options, fp16_path=pack.fp16_path("image"),
+                                                     int8_path=pack.int8_path("image"),
+                                                     model_name=pack.model_name("image"))
         try:
             self.rules = concepts.load_evaluator(pack.table_path("rules"))
         except (ValueError, KeyError, TypeError) as exc:

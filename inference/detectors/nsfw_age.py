@@ -104,14 +104,18 @@ class NsfwAgeDetector:
         self.name = pack.kind
         self.pack_name, self.pack_version = pack.name, pack.version
         self.nsfw_spec, self.parts_spec, self.age_spec = pack.models["nsfw"], pack.models["parts"], pack.models["age"]
-        self.nsfw_session, self.provider = create_session(pack.model_path("nsfw"), options,
-                                                          fp16_path=pack.fp16_path("nsfw"))
-        self.parts_session, _ = create_session(pack.model_path("parts"), options, fp16_path=pack.fp16_path("parts"))
-        self.age_session, _ = create_session(pack.model_path("age"), options, fp16_path=pack.fp16_path("age"))
+        self.nsfw_session, self.provider = self._session(pack, "nsfw", options)
+        self.parts_session, _ = self._session(pack, "parts", options)
+        self.age_session, _ = self._session(pack, "age", options)
         self.input_size = (320, 320)
         self.age_weights = np.arange(81, dtype=np.float32)
         self.age_weights[0] = 0.25
         self.run([Image.new("RGB", (64, 64))])  # warm-up
+
+    @staticmethod
+    def _session(pack: Pack, role: str, options: RuntimeOptions):
+        return create_session(pack.model_path(role), options, fp16_path=pack.fp16_path(role),
+                              int8_path=pack.int8_path(role), model_name=pack.model_name(role))
 
     # ---- per frame, in the decode threads ---------------------------------------------------------------
 
