@@ -98,6 +98,8 @@ class LimitsConfig:
     #: A request's head (request line and headers) is refused past these, before anything reads it.
     max_header_bytes: int = 64 * 1024
     max_header_count: int = 100
+    #: /readyz turns not-ready when the spool or local quarantine disk has less than this free.
+    min_free_disk_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

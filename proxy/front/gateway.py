@@ -29,6 +29,7 @@ from proxy.front.multipart import MultipartState
 from proxy.front.operations import INTERNAL_PREFIX, Call, Operations
 from proxy.logs import ACCESS_LOGGER
 from proxy.metrics import ProxyMetrics
+from proxy.readiness import DatabaseCheck, readiness_problems
 from proxy.s3 import sigv4
 from proxy.s3.addressing import bucket_from_host, resolve
 from proxy.s3.errors import S3Error
@@ -214,11 +215,9 @@ def create_app(config: Config, *, screen: Screen | None = None,
 
     async def readyz(request: Request) -> Response:
         state = get_state()
-        try:
-            await state.db.ping()
-            await state.upstream.ready(sorted(set(state.config.bucket_map.values())))
-        except Exception as exc:  # readiness reports any failure as not ready
-            return PlainTextResponse(f"not ready: {exc}\n", status_code=503)
+        problems = await readiness_problems(state.config, state.extras["database_check"], state.upstream)
+        if problems:
+            return PlainTextResponse("not ready:\n" + "".join(f"{p}\n" for p in problems), status_code=503)
         return PlainTextResponse("ready\n")
 
     async def metrics_endpoint(request: Request) -> Response:
@@ -240,6 +239,7 @@ def create_app(config: Config, *, screen: Screen | None = None,
         state = AppState(config, db, upstream, metrics,
                          Operations(config, upstream, MultipartState(db), screen or allow_all, metrics))
         holder["state"] = state
+        state.extras["database_check"] = DatabaseCheck(db)
         app.state.bucketguard = state
         cleanups = []
         if config.limits.janitor_interval_s > 0:
