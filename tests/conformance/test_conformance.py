@@ -1,0 +1,64 @@
+"""Every case, in front of moto (signatures checked) and Ceph RGW: the proxy answers as the upstream does."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conformance import cases_buckets, cases_listing, cases_multipart, cases_objects, cases_subresources
+from tests.conformance.conftest import UPSTREAM_FIXTURES, make_sides
+from tests.conformance.harness import CASES, Case, Entry, differences
+
+MODULES = (cases_buckets, cases_listing, cases_multipart, cases_objects, cases_subresources)  # they register CASES
+#: The operations issue 10 lists; each must be exercised by at least one case.
+REQUIRED = frozenset({
+    "ListBuckets", "CreateBucket", "HeadBucket", "DeleteBucket", "GetBucketLocation", "GetBucketVersioning",
+    "GetBucketAcl", "PutObject", "GetObject", "HeadObject", "DeleteObject", "DeleteObjects", "CopyObject",
+    "UploadPartCopy", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "AbortMultipartUpload",
+    "ListMultipartUploads", "ListParts", "ListObjects", "ListObjectsV2", "ListObjectVersions",
+    "PutObjectTagging", "GetObjectTagging", "DeleteObjectTagging", "GetObjectAcl", "PutObjectAcl",
+    "GetObjectAttributes",
+})
+PARAMS = [pytest.param(c, kind, id=f"{kind}-{c.name}") for c in CASES for kind in UPSTREAM_FIXTURES
+          if kind not in c.exclude]
+
+
+def _show(entry: Entry | None, other: Entry | None) -> str:
+    """The outcome, or for two dicts only the keys whose values differ."""
+    if entry is None:
+        return "(no such request)"
+    mine = entry.outcome
+    if isinstance(mine, dict) and other is not None and isinstance(other.outcome, dict):
+        keys = sorted(k for k in mine.keys() | other.outcome.keys() if mine.get(k) != other.outcome.get(k))
+        shown = {k: mine.get(k, "(absent)") for k in keys}
+        if "status" not in shown and "status" in mine:
+            shown = {"status": mine["status"], **shown}
+        return f"{shown!r:.1500}"
+    return f"{mine!r:.1500}"
+
+
+def describe(case: Case, kind: str, pairs: list[tuple[Entry | None, Entry | None]]) -> str:
+    lines = [f"- **{case.name}** in front of {kind} ({', '.join(case.operations)}; {case.mode} mode)"]
+    for upstream, proxy in pairs:
+        entry = upstream or proxy
+        lines.append(f"  - `{entry.label}`: request `{entry.request}`\n"
+                     f"    - upstream: `{_show(upstream, proxy)}`\n    - proxy:    `{_show(proxy, upstream)}`")
+    return "\n".join(lines) + "\n"
+
+
+def test_every_listed_operation_is_compared() -> None:
+    covered = {operation for c in CASES for operation in c.operations}
+    assert covered >= REQUIRED, f"not compared: {sorted(REQUIRED - covered)}"
+
+
+@pytest.mark.parametrize(("conformance_case", "kind"), PARAMS)
+def test_proxy_answers_as_the_upstream(conformance_case: Case, kind: str, request: pytest.FixtureRequest,
+                                       conformance_proxies, conformance_report: list[str]) -> None:
+    upstream = request.getfixturevalue(UPSTREAM_FIXTURES[kind])
+    proxy = conformance_proxies(kind, conformance_case.mode)
+    direct, through = make_sides(kind, conformance_case.mode, upstream, proxy, conformance_case.buckets)
+    conformance_case.run(direct)
+    conformance_case.run(through)
+    pairs = differences(direct, through)
+    if pairs:
+        conformance_report.append(describe(conformance_case, kind, pairs))
+    assert not pairs, describe(conformance_case, kind, pairs)
