@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import skimage.data
 from PIL import Image
@@ -82,7 +83,7 @@ class Fleet:
         return path
 
     def start(self, name: str, *, publish: tuple[str, ...] = ("clean", "confirmed"), peers: dict | None = None,
-              safe_quorum: float = 1.0, policy: str = POLICY, block_lists: str = ""):
+              safe_quorum: float = 1.0, policy: str = POLICY, block_lists: str = "", server: str = ""):
         policy_file = self.tmp / f"{name}-policy.toml"
         policy_file.write_text(policy)
         lines = ["[federation]", f'name = "{name}"', f'key_file = "{self.key_file(name)}"',
@@ -92,7 +93,7 @@ class Fleet:
                       f'key = "{key_line or self.keys[peer].public.line}"', f"trust = {json.dumps(list(trust))}"]
         screening = f'policy = "{policy_file}"' + (f'\nblock_lists = ["{block_lists}"]' if block_lists else "")
         proxy = self.factory(pipeline=True, inference=f'mode = "in-process"\npacks = ["{self.pack}"]',
-                             screening=screening, extra="\n".join(lines) + "\n")
+                             screening=screening, server=server, extra="\n".join(lines) + "\n")
         proxy.name = name
         return proxy
 
@@ -163,7 +164,7 @@ def test_confirmed_block_at_a_is_quarantined_for_review_at_b(fleet: Fleet, tmp_p
     block_list.write_text(f"sha256:{hashlib.sha256(bad).hexdigest()} known-bad\n")
     a = fleet.start("A", block_lists=str(block_list))
     fleet.key_file("B")
-    b = fleet.start("B", peers={"A": (a, ("safe", "block"), None)})
+    b = fleet.start("B", peers={"A": (a, ("safe", "block"), None)}, server='admin_token = "admin-secret"')
     with pytest.raises(Exception) as refused:
         put(a, "bad.png", bad)
     assert "AccessDenied" in str(refused.value)
@@ -184,6 +185,18 @@ def test_confirmed_block_at_a_is_quarantined_for_review_at_b(fleet: Fleet, tmp_p
         ("exact.png", "federation:block", "quarantined"), ("near.jpg", "federation:block", "quarantined")]
     sources = query(b, "SELECT key, peers, action FROM federation_reliance ORDER BY key")
     assert sources == [("exact.png", ",A,", "quarantine"), ("near.jpg", ",A,", "quarantine")]
+
+    # The review page shows the peer decisions and their sources, behind the admin token only.
+    admin = {"Authorization": "Bearer admin-secret"}
+    assert httpx.get(f"{b.endpoint}/admin/federation?format=json").status_code == 401
+    shown = httpx.get(f"{b.endpoint}/admin/federation?format=json", headers=admin).json()
+    assert sorted(r["key"] for r in shown) == ["exact.png", "near.jpg"]
+    assert {s["peer"] for r in shown for s in r["sources"]} == {"A"}
+    page = httpx.get(f"{b.endpoint}/admin/federation", headers=admin)
+    assert page.status_code == 200 and "near.jpg" in page.text and "federation:block" in page.text
+    item = next(i for i in listing if i["key"] == "near.jpg")
+    behind = httpx.get(f"{b.endpoint}/admin/items/{item['id']}/federation", headers=admin).json()
+    assert [r["key"] for r in behind] == ["near.jpg"] and behind[0]["sources"][0]["token"].count(".") == 2
 
 
 def test_a_strict_instance_quarantines_on_a_lenient_peers_signals(fleet: Fleet) -> None:

@@ -302,6 +302,12 @@ class FederationStore:
             out.setdefault(row["sha256"], []).append(dict(row) | {"sources": json.loads(row["sources"])})
         return out
 
+    async def recent_reliance(self, limit: int, offset: int = 0) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(select(reliance).order_by(reliance.c.id.desc()).limit(limit)
+                                       .offset(offset))).mappings().all()
+        return [dict(r) | {"sources": json.loads(r["sources"])} for r in rows]
+
     async def mark_rechecked(self, peer: str, bucket: str, keys: Iterable[str]) -> int:
         done = 0
         async with self.engine.begin() as conn:
