@@ -26,6 +26,7 @@ from starlette.routing import Route
 
 from proxy.admin import views
 from proxy.admin.exporting import build_export, stream_then_delete
+from proxy.admin.federation import federation_routes
 from proxy.admin.sessions import LoginThrottle, Sessions
 from proxy.admin.summary import summary
 from proxy.admin.thumbnails import THUMB_CONCURRENCY, ThumbnailError, thumbnail
@@ -263,4 +264,5 @@ def admin_routes(config: Config, quarantine: Any, upstream: Any, db: Any, *,
         Route("/admin/items/{item_id}/export", guarded(export), methods=["POST"]),
         Route("/admin/items/{item_id}/reported", guarded(reported), methods=["POST"]),
         Route("/admin/decide/{action}", guarded(decide), methods=["POST"]),
+        *federation_routes(guarded, db, quarantine),  # decisions on peers' word and their sources
     ]
