@@ -169,3 +169,17 @@ def test_serve_refuses_without_a_traceback(case: str, tmp_path: Path, moto_serve
     lines = run.stderr.splitlines()
     assert lines[0].startswith(f"bucketguard: {path}: ") and expected in lines[0]
     assert lines[-1].startswith("bucketguard: not starting")
+
+
+def test_cuda_provider_needs_a_cuda_onnxruntime(tmp_path: Path, moto_server_auth: S3Server, bucket: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`--layout gpu` asks for CUDA: refused by name where this onnxruntime has none, accepted where it has."""
+    import onnxruntime
+
+    path = write(tmp_path, moto_server_auth, bucket, inference='mode = "in-process"\nprovider = "cuda"')
+    status, lines = check(path, capsys, "--offline")
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        assert status == 0 and lines == []
+    else:
+        assert status == 1 and len(lines) == 1
+        assert "inference.provider: 'cuda', but this onnxruntime offers only" in lines[0]

@@ -103,10 +103,15 @@ def test_each_layout_writes_a_config_the_loader_accepts(layout: str, tmp_path: P
     run = bucketguard("init", "--dir", str(tmp_path), "--layout", layout, "--offline", "--json",
                       "--upstream-endpoint", "http://s3.internal:7480", "--upstream-access-key", "proxy",
                       "--upstream-secret-key", "upstream-secret")
-    assert run.returncode == 0, run.stdout + run.stderr
     import json
 
+    import onnxruntime
+
     report = json.loads(run.stdout)
+    no_cuda = layout == "gpu" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
+    expected_problems = [p for p in report["problems"] if "inference.provider: 'cuda'" in p] if no_cuda else []
+    assert report["problems"] == expected_problems and len(expected_problems) == int(no_cuda)
+    assert run.returncode == int(no_cuda), run.stdout + run.stderr
     config = load_config(report["config"], environ={})
     expected = {"single": ("in-process", "cpu"), "gpu": ("in-process", "cuda"), "pull": ("pull", "cpu"),
                 "compose": ("remote", "cpu")}[layout]

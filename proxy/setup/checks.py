@@ -149,6 +149,16 @@ def file_problems(config: Config) -> list[Problem]:
             problems.append(Problem("database.url", f"{db_file.parent}: {why}; SQLite needs to write beside the "
                                                     "database file"))
     if config.inference.mode == "in-process":
+        if config.inference.provider == "cuda":
+            import onnxruntime
+
+            from inference.runtime import CUDA
+
+            available = onnxruntime.get_available_providers()
+            if CUDA not in available:
+                problems.append(Problem("inference.provider", f"'cuda', but this onnxruntime offers only "
+                                        f"{', '.join(available)}: install the gpu extra (onnxruntime-gpu) on a "
+                                        "machine with CUDA, or set provider = \"cpu\""))
         for i, pack in enumerate(config.inference.packs):
             try:
                 load_pack(pack)
