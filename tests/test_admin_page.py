@@ -217,3 +217,32 @@ async def test_thumbnails_stay_bounded_in_memory(tmp_path: Path) -> None:
         assert max(thumb.size) == thumbnails.THUMB_SIDE and thumb.format == "JPEG"
     with pytest.raises(thumbnails.ThumbnailError, match="not an image"):
         thumbnails.render(SpooledBody.from_bytes(b"not an image at all"), reveal=False)
+
+
+def test_summary_counts_catches_deferred_scans_and_the_last_backfill(proxy_factory) -> None:
+    """No detectors: the test image is caught, a photo lands deferred; a dry-run backfill then lists both."""
+    import json
+    import subprocess
+    import sys
+
+    proxy = proxy_factory(pipeline=True, server=f'admin_token = "{ADMIN_TOKEN}"')
+    s3 = proxy.client()
+    with pytest.raises(botocore.exceptions.ClientError):
+        s3.put_object(Bucket=CLIENT_BUCKET, Key="media/test.png", Body=generate_png(), ContentType="image/png")
+    s3.put_object(Bucket=CLIENT_BUCKET, Key="media/photo.png", Body=png("coffee"), ContentType="image/png")
+    auth = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    before = httpx.get(f"{proxy.endpoint}/admin/summary", headers=auth).json()
+    assert before["caught_total"] == {"quarantine": 1} and before["caught_today"] == 1
+    assert sum(before["pending"].values()) == 1 and before["backfill"] is None
+    assert before["by_day"][before["today"]] == {"quarantine": 1}
+    scan = subprocess.run([sys.executable, "-m", "proxy.cli", "scan", "--config", str(proxy.config_path), "--dry-run",
+                           "--json"], capture_output=True, text=True, timeout=120)
+    assert scan.returncode == 0, scan.stderr
+    report = json.loads(scan.stdout)
+    after = httpx.get(f"{proxy.endpoint}/admin/summary", headers=auth).json()
+    backfill = after["backfill"]
+    assert backfill["run"] == report["run"] and backfill["dry_run"] is True
+    assert backfill["objects"] == report["objects"] == 1 and backfill["waiting"] == 0
+    assert backfill["outcomes"] == report["outcomes"]
+    page = httpx.get(f"{proxy.endpoint}/admin/", headers=auth).text
+    assert f"Last backfill (run {report['run']}" in page and "1 of 1 objects decided" in page
