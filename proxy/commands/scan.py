@@ -31,6 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--since", help="only objects modified on or after this date (YYYY-MM-DD or ISO time)")
     parser.add_argument("--dry-run", action="store_true", help="report what would happen, change nothing")
     parser.add_argument("--rescan", action="store_true", help="scan objects decided by an earlier scan again")
+    parser.add_argument("--relied-on", metavar="PEER",
+                        help="re-check exactly the objects decided on this federation peer's word (implies --rescan)")
     parser.add_argument("--concurrency", type=int, default=16, help="objects in flight (default 16)")
     parser.add_argument("--rate", type=float, default=0.0, help="at most this many objects per second")
     parser.add_argument("--lease", type=float, default=60.0,
@@ -137,7 +139,9 @@ async def _scan_bucket(config, args, since):
     upstream = Upstream(config.upstream, config.limits)
     await upstream.start()
     pipeline, quarantine, cleanup = await _pipeline(config, db)
-    options = ScanOptions(bucket, real_bucket, args.prefix, since, args.dry_run, args.rescan, args.concurrency,
+    relied = await _relied_on(db, args.relied_on, bucket) if args.relied_on else None
+    options = ScanOptions(bucket, real_bucket, args.prefix, since, args.dry_run, args.rescan or relied is not None,
+                          args.concurrency,
                           args.rate, args.lease)
     counts: Counter[str] = Counter()
     try:
@@ -152,6 +156,7 @@ async def _scan_bucket(config, args, since):
                                 counts=" ".join(f"{k}:{v}" for k, v in sorted(counts.items())))
 
             backfill = Backfill(db, upstream, pipeline, quarantine, config.limits, options, progress=advance)
+            backfill.only_keys = relied
             resumed = await backfill.run.open()
             refresher = asyncio.create_task(_fleet_progress(backfill, progress, task, resumed))
             try:
@@ -159,11 +164,29 @@ async def _scan_bucket(config, args, since):
             finally:
                 refresher.cancel()
             report["resumed"] = resumed
+            if relied is not None:
+                report["rechecked"] = await _rechecked(db, args.relied_on, bucket, relied, report)
     finally:
         await cleanup()
         await upstream.close()
         await db.close()
     return report
+
+
+async def _relied_on(db, peer: str, bucket: str) -> frozenset[str]:
+    """The keys whose landing relied on `peer` and that were not re-checked since (proxy.federation)."""
+    from proxy.federation.store import FederationStore
+
+    return frozenset(row["key"] for row in await FederationStore(db).relied_on(peer, bucket))
+
+
+async def _rechecked(db, peer: str, bucket: str, keys: frozenset[str], report: dict) -> int:
+    """Mark the selection re-checked once every object of it was decided again (or is gone)."""
+    from proxy.federation.store import FederationStore
+
+    if report.get("dry_run") or report["outcomes"].get("error") or report["outcomes"].get("pending"):
+        return 0
+    return await FederationStore(db).mark_rechecked(peer, bucket, keys)
 
 
 async def _fleet_progress(backfill, progress, task, resumed: bool) -> None:

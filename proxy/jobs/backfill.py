@@ -170,6 +170,9 @@ class ScanRun:
 
 
 class Backfill:
+    #: When set, only these keys are listed (`scan --relied-on PEER`: what relied on a distrusted peer).
+    only_keys: frozenset[str] | None = None
+
     def __init__(self, db: Database, upstream: Any, pipeline: Any, quarantine: Any, limits: Any,
                  options: ScanOptions, *, progress: Callable[[str, int], None] | None = None) -> None:
         self.db = db
@@ -189,7 +192,8 @@ class Backfill:
             page = await self.upstream.list_objects_v2(self.options.real_bucket, prefix=self.options.prefix,
                                                        max_keys=1000, continuation_token=token)
             objects = [o for o in page.objects if not o["Key"].startswith(".bucketguard/")
-                       and (self.options.since is None or o["LastModified"] >= self.options.since)]
+                       and (self.options.since is None or o["LastModified"] >= self.options.since)
+                       and (self.only_keys is None or o["Key"] in self.only_keys)]
             token, done = page.next_token, not page.is_truncated
             await self.run.add_page(objects, token, done)
             listed += len(objects)
