@@ -222,3 +222,33 @@ def test_a_strict_instance_quarantines_on_a_lenient_peers_signals(fleet: Fleet) 
     assert s.upstream_keys() == []
     listing = json.loads(cli("quarantine", "list", "--json", "--config", str(s.config_path)).stdout)
     assert [(i["key"], i["rule"], i["category"]) for i in listing] == [("horse.png", f"strict-{name}", "strict")]
+
+
+def test_distrust_counts_at_once_and_rescan_rechecks_exactly_what_relied_on_it(fleet: Fleet) -> None:
+    a = fleet.start("A")
+    b = fleet.start("B", peers={"A": (a, ("safe",), None)})
+    images = {name: encode(name) for name in ("astronaut", "camera", "coffee", "moon")}
+    for name in ("astronaut", "camera", "coffee"):
+        put(a, f"{name}.png", images[name])
+    wait_for(lambda: stored(b, "A") == 3, "B to pull A's attestations")
+    put(b, "astronaut.png", images["astronaut"])
+    put(b, "camera.png", images["camera"])
+    put(b, "own.png", images["moon"])  # nobody attested it: B's detector decides, nothing relies on A
+    assert pipeline_of(b).detector_calls == 1
+
+    distrust = cli("federation", "distrust", "A", "--config", str(b.config_path))
+    assert distrust.returncode == 0, distrust.stderr
+    assert "2 decisions relied on A" in distrust.stdout and "--relied-on A" in distrust.stdout
+    put(b, "coffee.png", images["coffee"])
+    assert pipeline_of(b).detector_calls == 2, "a distrusted peer stops counting at the next upload"
+
+    scan = cli("scan", "--bucket", CLIENT_BUCKET, "--relied-on", "A", "--no-progress", "--json",
+               "--config", str(b.config_path))
+    assert scan.returncode == 0, scan.stdout + scan.stderr
+    report = json.loads(scan.stdout)
+    assert report["objects"] == 2 and report["outcomes"] == {"clean": 2}, report
+    assert report["rechecked"] == 2
+    assert query(b, "SELECT key FROM federation_reliance WHERE rechecked_at != '' ORDER BY key") == [
+        ("astronaut.png",), ("camera.png",)]
+    again = cli("federation", "distrust", "A", "--config", str(b.config_path))
+    assert "0 decisions relied on A" in again.stdout
