@@ -30,8 +30,9 @@ from inference.media import MediaLimits, decode
 #: PDQ is computed on at most this many pixels per side (it works on a 64x64 downsample anyway): frames are
 #: decoded for a 256x256 target, which `inference.media` keeps at up to twice that.
 PDQ_MAX_SIDE = 512
-#: Frames hashed per upload: pict-rs's default limit for an animation is 100 frames, so every frame of any
-#: animation it accepts is hashed; longer ones (and videos) have this many frames spread over their length.
+#: Frames hashed per upload: every frame of an animation or video of up to this many frames; longer ones have
+#: this many spread over their length (a video's at seek points: the keyframe at or before each). Hashing one
+#: 512 px frame in its eight orientations costs ~5 ms, so the budget is ~0.5 s of CPU per upload at most.
 PDQ_FRAMES = 100
 PDQ_LIMITS = MediaLimits(max_frames=PDQ_FRAMES)
 _TARGET = (PDQ_MAX_SIDE // 2, PDQ_MAX_SIDE // 2)
