@@ -273,9 +273,32 @@ def _redact(url: str) -> str:
     return url
 
 
+def federation_problems(config: Config) -> list[Problem]:
+    """`[federation]`: peers' names, URLs and keys, and this instance's key file (see proxy.federation)."""
+    if not (config.federation.key_file or config.federation.peers):
+        return []
+    from proxy.config import ConfigError
+    from proxy.federation.keys import KeyFileError, SigningKey
+    from proxy.federation.wiring import checked_peers
+
+    problems: list[Problem] = []
+    try:
+        checked_peers(config)
+    except ConfigError as exc:
+        key, _, message = str(exc).partition(": ")
+        problems.append(Problem(key, message))
+    if config.federation.key_file:
+        try:
+            SigningKey.load(config.federation.key_file)
+        except KeyFileError as exc:
+            problems.append(Problem("federation.key_file", f"{exc} (bucketguard federation keygen writes one)"))
+    return problems
+
+
 def startup_problems(config: Config) -> list[Problem]:
     """What `serve` checks before binding its port: static checks first, then the database."""
-    problems = placeholder_problems(config) + quarantine_exposure(config) + file_problems(config)
+    problems = (placeholder_problems(config) + quarantine_exposure(config) + file_problems(config)
+                + federation_problems(config))
     if any(p.key == "database.url" for p in problems):
         return problems
     return problems + asyncio.run(_database_problems(config))
