@@ -44,13 +44,14 @@ class PullWorker:
     async def _one(self, job: dict) -> None:
         if self.pause_s:
             await asyncio.sleep(self.pause_s)
-        body = await self.client.get(f"{self.proxy_url}/_bucketguard/jobs/{job['id']}/body")
+        lease = {"X-Bucketguard-Lease": job.get("lease", "")}  # proves this worker holds the current lease
+        body = await self.client.get(f"{self.proxy_url}/_bucketguard/jobs/{job['id']}/body", headers=lease)
         if body.status_code != 200:
             log.warning("job %s: body not available (%s); skipped", job["id"], body.status_code)
             return
         result = await self.engine.screen(body.content, job.get("content_type") or None)
         posted = await self.client.post(f"{self.proxy_url}/_bucketguard/jobs/{job['id']}/result",
-                                        json=result.to_json())
+                                        json=result.to_json(), headers=lease)
         if posted.status_code not in (200, 409):
             posted.raise_for_status()
         self.done += 1

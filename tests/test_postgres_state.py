@@ -153,11 +153,12 @@ async def test_pull_queue_leases_once_and_accepts_one_result(database_url: str) 
         leased = [j["id"] for batch in leases for j in batch]
         assert sorted(leased) == sorted(ids)
         owner = {j["id"]: w for w, batch in zip(("w1", "w2"), leases, strict=True) for j in batch}
+        token = {j["id"]: j["lease"] for batch in leases for j in batch}
         first = ids[0]
-        assert await b.body(first, owner[first]) == b"image 0"
-        assert await b.body(first, "intruder") is None
-        results = await asyncio.gather(a.complete(first, owner[first], {"signals": {"x": 1.0}}),
-                                       b.complete(first, "w3", {"signals": {"x": 0.0}}))
+        assert await b.body(first, owner[first], token[first]) == b"image 0"
+        assert await b.body(first, "intruder", token[first]) is None
+        results = await asyncio.gather(a.complete(first, owner[first], token[first], {"signals": {"x": 1.0}}),
+                                       b.complete(first, "w3", token[first], {"signals": {"x": 0.0}}))
         assert results.count(True) == 1
         assert (await b.result_for(job_id=first))["signals"]["x"] in (1.0, 0.0)
     finally:

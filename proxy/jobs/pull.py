@@ -3,8 +3,10 @@
 While an upload is screened, the pipeline's detector stage (`PullDetectors.screen`) writes a job (with the
 bytes, bounded) to the database and waits for a result; workers long-poll `POST /_bucketguard/jobs/lease`,
 fetch `GET /_bucketguard/jobs/{id}/body` and answer `POST /_bucketguard/jobs/{id}/result`. A job leased by a
-worker that dies is leased again once its lease expires; a result is accepted once (compare-and-set), so
-nothing is decided twice; a result that comes after the uploader stopped waiting is still stored, and the
+worker that dies is leased again once its lease expires. Each lease carries a fresh random lease token; the
+body and the result are accepted only with the token of the job's current lease, from the worker holding it,
+and once (compare-and-set): a worker cannot decide a job it never leased, or one leased again to another,
+and nothing is decided twice; a result that comes after the uploader stopped waiting is still stored, and the
 next screening of the same bytes (a retry, or the deferred scan) uses it.
 """
 
@@ -24,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from inference.engine import ScreenResult
-from proxy.state import Database, Migration, create_tables, metadata, now_text
+from proxy.state import Database, Migration, add_missing_columns, create_tables, metadata, now_text
 
 MAX_JOB_BYTES = 64 * 1024 * 1024
 
@@ -39,6 +41,7 @@ inference_jobs = Table(
     Column("state", String(16), nullable=False),  # queued, leased, done
     Column("lease_until", Float, nullable=False, default=0.0),
     Column("worker", String(255), nullable=False, default=""),
+    Column("lease_token", String(64), nullable=False, default="", server_default=""),
     Column("attempts", Integer, nullable=False, default=0),
     Column("result_json", Text, nullable=True),
     Column("decided_by", String(255), nullable=False, default=""),
@@ -46,7 +49,10 @@ inference_jobs = Table(
     Column("decided_at", String(40), nullable=False, default=""),
 )
 
-MIGRATIONS = [Migration("jobs-0001", create_tables(inference_jobs))]
+MIGRATIONS = [Migration("jobs-0001", create_tables(inference_jobs)),
+              Migration("jobs-0002", add_missing_columns(inference_jobs, "lease_token"))]
+#: The header a worker sends its lease token in (body and result requests).
+LEASE_HEADER = "x-bucketguard-lease"
 
 
 class JobQueue:
@@ -84,30 +90,36 @@ class JobQueue:
                 )).order_by(inference_jobs.c.created_at).limit(limit))).mappings().all()
         taken = []
         for job in candidates:
+            token = secrets.token_urlsafe(24)
             async with self._engine.begin() as conn:
                 claimed = await conn.execute(update(inference_jobs).where(and_(
                     inference_jobs.c.id == job["id"], inference_jobs.c.lease_until == job["lease_until"],
                     inference_jobs.c.state != "done")).values(
-                    state="leased", worker=worker, lease_until=now + self.lease_s, attempts=job["attempts"] + 1))
+                    state="leased", worker=worker, lease_token=token, lease_until=now + self.lease_s,
+                    attempts=job["attempts"] + 1))
             if claimed.rowcount == 1:
-                taken.append({"id": job["id"], "content_type": job["content_type"], "size": job["size"],
-                              "sha256": job["sha256"], "lease_s": self.lease_s})
+                taken.append({"id": job["id"], "lease": token, "content_type": job["content_type"],
+                              "size": job["size"], "sha256": job["sha256"], "lease_s": self.lease_s})
         return taken
 
-    async def body(self, job_id: str, worker: str) -> bytes | None:
+    @staticmethod
+    def _held(job_id: str, worker: str, token: str) -> Any:
+        """The job's current lease is this worker's, with this token."""
+        return and_(inference_jobs.c.id == job_id, inference_jobs.c.state == "leased",
+                    inference_jobs.c.worker == worker, inference_jobs.c.lease_token == token,
+                    inference_jobs.c.lease_token != "")
+
+    async def body(self, job_id: str, worker: str, token: str) -> bytes | None:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(inference_jobs.c.body).where(and_(
-                inference_jobs.c.id == job_id, inference_jobs.c.worker == worker,
-                inference_jobs.c.state == "leased")))).first()
+            row = (await conn.execute(select(inference_jobs.c.body).where(self._held(job_id, worker, token)))).first()
         return None if row is None else bytes(row.body)
 
-    async def complete(self, job_id: str, worker: str, result: Mapping[str, Any]) -> bool:
-        """Record a worker's result once; a second result for the same job is refused."""
+    async def complete(self, job_id: str, worker: str, token: str, result: Mapping[str, Any]) -> bool:
+        """Record the result of the worker holding the job's current lease, once; anything else is refused."""
         async with self._engine.begin() as conn:
-            done = await conn.execute(update(inference_jobs).where(and_(
-                inference_jobs.c.id == job_id, inference_jobs.c.state != "done")).values(
+            done = await conn.execute(update(inference_jobs).where(self._held(job_id, worker, token)).values(
                 state="done", result_json=json.dumps(dict(result)), decided_by=worker, decided_at=now_text(),
-                body=None, lease_until=0.0))
+                body=None, lease_until=0.0, lease_token=""))
         return done.rowcount == 1
 
     async def rows(self) -> list[dict[str, Any]]:
@@ -178,9 +190,9 @@ def job_routes(queue: JobQueue, worker_tokens: Mapping[str, str], *, max_wait_s:
         worker = worker_of(request)
         if worker is None:
             return denied()
-        data = await queue.body(request.path_params["job_id"], worker)
+        data = await queue.body(request.path_params["job_id"], worker, request.headers.get(LEASE_HEADER, ""))
         if data is None:
-            return JSONResponse({"error": "no such job leased by this worker"}, status_code=404)
+            return JSONResponse({"error": "no such job under this worker's current lease"}, status_code=404)
         return Response(data, media_type="application/octet-stream")
 
     async def result(request: Request) -> Response:
@@ -192,7 +204,9 @@ def job_routes(queue: JobQueue, worker_tokens: Mapping[str, str], *, max_wait_s:
             ScreenResult.from_json(payload)
         except (ValueError, KeyError, TypeError, AttributeError):
             return JSONResponse({"error": "body must be a screen result (signals, packs, ...)"}, status_code=400)
-        accepted = await queue.complete(request.path_params["job_id"], worker, payload)
+        accepted = await queue.complete(request.path_params["job_id"], worker, request.headers.get(LEASE_HEADER, ""),
+                                        payload)
+        # 409 when this worker does not hold the job's current lease (never leased, leased again, decided)
         return JSONResponse({"accepted": accepted}, status_code=200 if accepted else 409)
 
     return [
