@@ -7,6 +7,7 @@ purge of the item).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -22,7 +23,9 @@ async def build_export(quarantine: Any, item_id: str, *, actor: str, temp_root: 
     """(package, its private folder); the folder is already gone if building fails."""
     from proxy.evidence.export import export_item
 
-    folder = Path(tempfile.mkdtemp(prefix="bucketguard-export-", dir=temp_root or None))
+    if temp_root:
+        os.makedirs(temp_root, mode=0o700, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="bucketguard-export-", dir=temp_root or None))  # mode 0700
     out = folder / f"bucketguard-{item_id}.zip"
     try:
         await export_item(quarantine, item_id, out, actor=actor)
