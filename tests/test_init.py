@@ -137,3 +137,15 @@ def test_init_never_overwrites_without_force(tmp_path: Path) -> None:
     assert (tmp_path / "bucketguard.toml").read_text() == before
     forced = bucketguard(*args, "--force")
     assert forced.returncode == 0 and (tmp_path / "bucketguard.toml").read_text() != before
+
+
+def test_init_refuses_a_bad_bucket_name_and_quotes_dotted_ones(tmp_path: Path) -> None:
+    bad = bucketguard("init", "--dir", str(tmp_path / "a"), "--offline", "--upstream-endpoint", "http://s3:7480",
+                      "--bucket", "Not_A_Bucket")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--bucket: 'Not_A_Bucket'" in bad.stderr
+    assert not (tmp_path / "a" / "bucketguard.toml").exists()
+    dotted = bucketguard("init", "--dir", str(tmp_path / "b"), "--offline", "--upstream-endpoint", "http://s3:7480",
+                         "--bucket", "media.example.org", "--real-bucket", "real.media")
+    assert dotted.returncode == 0, dotted.stderr
+    config = load_config(tmp_path / "b" / "bucketguard.toml", environ={})
+    assert config.bucket_map == {"media.example.org": "real.media"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ LAYOUTS: dict[str, str] = {
     "pull": "the proxy here; detectors on a GPU box behind NAT that pulls jobs (`bucketguard inference worker`)",
     "compose": "deploy/compose.yaml: pict-rs, the proxy and the inference service as containers",
 }
+
+
+BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class InitError(ValueError):
@@ -149,7 +153,7 @@ secret_key = {_toml(options.upstream_secret_key)}
 
 [upstream.buckets]
 # bucket name pict-rs uses = the real bucket
-{options.bucket} = {_toml(real)}
+{_toml(options.bucket)} = {_toml(real)}
 
 [limits]
 max_object_bytes = 1073741824       # 1 GiB: larger uploads get EntityTooLarge
@@ -191,6 +195,9 @@ def write_instance(options: InitOptions) -> InitResult:
     else:
         data = (options.data_dir or folder / "data").resolve()
         policy_in_config = policy_path
+    for flag, name in (("--bucket", options.bucket), ("--real-bucket", options.real_bucket or options.bucket)):
+        if not BUCKET_NAME.fullmatch(name):
+            raise InitError(f"{flag}: {name!r} is not an S3 bucket name (3 to 63 of a-z, 0-9, '.' and '-')")
     listen = options.listen or default_listen(options.layout)
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
