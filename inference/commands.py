@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--concepts", choices=["nsfw_checker", "check_for_csam"], default=None,
                        help="the CLIP concept algorithm: horde-safety's NSFWChecker.check_for_nsfw (nsfw_checker, "
                             "the clip default) or its deprecated check_for_csam (the test pack's default)")
+    build.add_argument("--int8", action="store_true",
+                       help="nsfw-age: also write checked int8 variants (CPU), used with --int8 where listed")
     build.add_argument("--fp16", action="store_true",
                        help="also write float16 variants of the models, used on CUDA with --fp16 (clip, test)")
     build.set_defaults(handler=run_build)
@@ -69,6 +71,7 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", choices=["auto", "cpu", "cuda"], default="auto",
                         help="execution provider; 'cuda' refuses to start without a working GPU")
     parser.add_argument("--fp16", action="store_true", help="use the pack's fp16 models on CUDA")
+    parser.add_argument("--int8", action="store_true", help="use the pack's checked int8 models on the CPU")
     parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -80,7 +83,8 @@ def build_engine(args: argparse.Namespace):
     from inference.packs import PackError
     from inference.runtime import ProviderUnavailable, RuntimeOptions
 
-    options = RuntimeOptions(provider=args.provider, fp16=args.fp16, intra_op_threads=args.threads)
+    options = RuntimeOptions(provider=args.provider, fp16=args.fp16, intra_op_threads=args.threads,
+                             int8=getattr(args, "int8", False))
     try:
         return Engine.from_packs(args.pack, options, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                                  max_queue=args.max_queue)
@@ -149,13 +153,15 @@ def run_build(args: argparse.Namespace) -> int:
 
     if args.fp16 and args.kind == "nsfw-age":
         raise CommandError("--fp16 is for the clip and test packs; the nsfw-age models run as shipped")
+    if args.int8 and args.kind != "nsfw-age":
+        raise CommandError("--int8 is for the nsfw-age pack")
     if args.concepts and args.kind == "nsfw-age":
         raise CommandError("--concepts is for the clip and test packs")
     try:
         if args.kind == "nsfw-age":
             from inference.export.nsfw_age import build
 
-            out = build(args.out)
+            out = build(args.out, int8=args.int8)
         elif args.kind == "test":
             from inference.export.test_pack import build
 

@@ -66,6 +66,8 @@ def test_a_missing_file_is_refused_by_name(pack_copy: Path) -> None:
      r"models\.image\.input is missing"),
     ({"models": {"image": {"file": "tower.onnx", "input": "x", "outputs": ["y"], "size": [8, 8],
                            "fp16_file": "tower.fp16.onnx"}}}, r"fp16_file tower\.fp16\.onnx has no checksum"),
+    ({"models": {"image": {"file": "tower.onnx", "input": "x", "outputs": ["y"], "size": [8, 8],
+                           "int8_file": "tower.int8.onnx"}}}, r"int8_file tower\.int8\.onnx has no checksum"),
 ])
 def test_malformed_manifests_are_refused_clearly(pack_copy: Path, change: dict, message: str) -> None:
     rewrite_manifest(pack_copy, **change)

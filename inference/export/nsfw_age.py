@@ -28,7 +28,8 @@ FILES = (
 )
 
 
-def build(out: Path) -> Path:
+def build(out: Path, *, int8: bool = False) -> Path:
+    """The pack; with `int8`, plus checked int8 variants of the models that gain from them (inference.export.int8)."""
     out = Path(out)
     staging = out.with_name(out.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -60,6 +61,60 @@ def build(out: Path) -> Path:
                    for w in (OPENNSFW, NUDENET, AGE)},
     }
     write_manifest(staging, manifest)
+    if int8:
+        add_int8_variants(staging, manifest)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
     return out
+
+
+def add_int8_variants(folder: Path, manifest: dict) -> None:
+    """Quantise nsfw and age (NudeNet is left fp32), keep a variant only where it is faster here, then keep the
+    set only if the signals on the check photographs stay within tolerance; record what was measured."""
+    import numpy as np
+
+    from inference.detectors.base import resize_center_crop, to_tensor
+    from inference.detectors.nsfw_age import NsfwAgeDetector
+    from inference.export import int8
+    from inference.packs import load_pack
+    from inference.runtime import RuntimeOptions
+
+    images = int8.check_photographs()
+    fp32 = NsfwAgeDetector(load_pack(folder), RuntimeOptions("cpu"))
+    prepared = [fp32.prepare(image) for image in images]
+    age_spec = fp32.age_spec
+    calibration = {
+        "nsfw": [item.nsfw[np.newaxis] for item in prepared],
+        "age": [to_tensor([resize_center_crop(image, age_spec.size)], age_spec) for image in images],
+    }
+    speed: dict[str, float] = {}
+    for role, batches in calibration.items():
+        spec = manifest["models"][role]
+        name = spec["file"].removesuffix(".onnx") + ".int8.onnx"
+        int8.quantize(folder / spec["file"], folder / name, spec["input"], batches)
+        speed[role] = round(int8.runs_per_second(folder / name, spec["input"], batches)
+                            / int8.runs_per_second(folder / spec["file"], spec["input"], batches), 2)
+        if speed[role] >= 1.1:
+            spec["int8_file"] = name
+            manifest["files"].append(name)
+        else:
+            (folder / name).unlink()
+    expected = int8.measure(fp32.run, images)
+    if any(spec.get("int8_file") for spec in manifest["models"].values()):
+        write_manifest(folder, manifest)
+        quantised = NsfwAgeDetector(load_pack(folder), RuntimeOptions("cpu", int8=True))
+        differences = int8.signal_differences(expected, int8.measure(quantised.run, images))
+        refused = int8.within_tolerance(differences)
+    else:
+        differences, refused = {}, ["no model ran faster in int8 here"]
+    if refused:
+        for spec in manifest["models"].values():
+            name = spec.pop("int8_file", None)
+            if name:
+                manifest["files"].remove(name)
+                (folder / name).unlink()
+    manifest["source"]["int8"] = {
+        "used": not refused, "refused": refused, "speedup_model_only": speed, "tolerance": int8.TOLERANCE,
+        "max_difference": {k: round(v, 6) for k, v in differences.items()},
+        "check_images": len(images), "parts": "fp32 (int8 NudeNet measured slower than fp32 on the CPU)"}
+    write_manifest(folder, manifest)
