@@ -118,6 +118,11 @@ class InferenceConfig:
     token: str = ""
     provider: Literal["auto", "cpu", "cuda"] = "cpu"
     fp16: bool = False
+    #: in-process only: use the packs' checked int8 variants on the CPU (nsfw-age built with --int8).
+    int8: bool = False
+    #: in-process only: KServe v2 servers (Triton, MLServer) that run the packs' graphs, balanced; decoding and
+    #: every pre- and post-processing step stay here (`bucketguard model triton-repo PACK OUT`).
+    kserve: tuple[str, ...] = ()
     intra_op_threads: int = 0
     max_batch: int = 16
     max_wait_ms: float = 5.0

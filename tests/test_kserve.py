@@ -155,3 +155,45 @@ def test_triton_repo_writes_one_config_per_model(nsfw_age_pack_path: Path, fp16_
     capsys.readouterr()
     assert main(["model", "triton-repo", str(tmp_path / "nothing"), str(out)]) == 1
     assert "not a model pack" in capsys.readouterr().err
+
+
+def test_the_proxy_screens_through_kserve_when_configured(kserve: str, test_pack_path: Path, proxy_factory,
+                                                          tmp_path: Path) -> None:
+    """[inference] kserve = [...]: an upload through the real proxy is decided on signals computed by MLServer."""
+    from proxy.demo.pictrs_client import PictrsClient, PictrsError
+    from tests.support.proxy import CLIENT_BUCKET, CLIENTS, PICTRS_KEY
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[[rule]]\nname = "any-clip"\nwhen = { clip_underage_margin = ">= -10" }\n'
+                      'action = "quarantine"\ncategory = "kserve-test"\n')
+    proxy = proxy_factory(pipeline=True, screening=f'policy = "{policy}"', inference=(
+        f'mode = "in-process"\npacks = ["{test_pack_path}"]\nprovider = "cpu"\nkserve = ["{kserve}"]'))
+    client = PictrsClient(proxy.endpoint, CLIENT_BUCKET, PICTRS_KEY, CLIENTS[PICTRS_KEY])
+    before = httpx.get(f"{kserve}/v2/models/{load_pack(test_pack_path).model_name('image')}/ready").status_code
+    with pytest.raises(PictrsError) as info:
+        client.put("k/coffee.jpg", jpeg("coffee"), "image/jpeg")
+    assert before == 200 and info.value.status == 403
+    assert proxy.upstream_keys() == []
+    listed = subprocess.run([sys.executable, "-m", "proxy.cli", "quarantine", "list", "--json", "--config",
+                             str(proxy.config_path)], capture_output=True, text=True, timeout=120)
+    caught = json.loads(listed.stdout)
+    assert [item["category"] for item in caught] == ["kserve-test"]
+
+
+def test_a_kserve_outage_is_unavailable_not_a_verdict(test_pack_path: Path, proxy_factory, tmp_path: Path) -> None:
+    """With the KServe v2 servers down (and the pack's ONNX files right here), the proxy does not fall back to
+    running the graphs itself: the policy's on_unavailable decides (refuse: 503 SlowDown, nothing lands)."""
+    from proxy.demo.pictrs_client import PictrsClient, PictrsError
+    from tests.support.proxy import CLIENT_BUCKET, CLIENTS, PICTRS_KEY
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('on_unavailable = "refuse"\n[[rule]]\nname = "n"\nwhen = { nsfw = ">= 0.9" }\n'
+                      'action = "flag"\n')
+    dead = f"http://127.0.0.1:{free_port()}"
+    proxy = proxy_factory(pipeline=True, screening=f'policy = "{policy}"', inference=(
+        f'mode = "in-process"\npacks = ["{test_pack_path}"]\nprovider = "cpu"\nkserve = ["{dead}"]'))
+    client = PictrsClient(proxy.endpoint, CLIENT_BUCKET, PICTRS_KEY, CLIENTS[PICTRS_KEY])
+    with pytest.raises(PictrsError) as info:
+        client.put("k/chelsea.jpg", jpeg("chelsea"), "image/jpeg")
+    assert info.value.status == 503 and info.value.code == "SlowDown"
+    assert proxy.upstream_keys() == []

@@ -37,7 +37,8 @@ class ClipConceptsDetector:
             raise PackError(f"{pack.path}: the concept table has {table.shape[0]} rows for {len(words)} phrases")
         self.table = table / np.linalg.norm(table, axis=1, keepdims=True)
         self.words = words
-        self.run([Image.new("RGB", self.input_size)])  # warm-up
+        if self.provider != "KServeV2":  # a remote server may be down at start: the first upload finds out
+            self.run([Image.new("RGB", self.input_size)])  # warm-up
 
     def prepare(self, frame: Image.Image) -> np.ndarray:
         return to_tensor([resize_center_crop(frame.convert("RGB"), self.input_size)], self.spec)[0]

@@ -110,7 +110,8 @@ class NsfwAgeDetector:
         self.input_size = (320, 320)
         self.age_weights = np.arange(81, dtype=np.float32)
         self.age_weights[0] = 0.25
-        self.run([Image.new("RGB", (64, 64))])  # warm-up
+        if self.provider != "KServeV2":  # a remote server may be down at start: the first upload finds out
+            self.run([Image.new("RGB", (64, 64))])  # warm-up
 
     @staticmethod
     def _session(pack: Pack, role: str, options: RuntimeOptions):
