@@ -94,7 +94,8 @@ class Engine:
     def from_config(cls, config: Any) -> Engine:
         """From an `[inference]` config section (proxy.config.InferenceConfig)."""
         options = RuntimeOptions(provider=config.provider, fp16=config.fp16,
-                                 intra_op_threads=config.intra_op_threads)
+                                 intra_op_threads=config.intra_op_threads, int8=config.int8,
+                                 kserve=tuple(config.kserve))
         return cls.from_packs(config.packs, options, max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
                               max_queue=config.max_queue)
 
