@@ -43,11 +43,16 @@ osd pool default size = 1
 osd pool default min size = 1
 mon allow pool size one = true
 osd crush chooseleaf type = 0
-osd pool default pg num = 8
-osd pool default pgp num = 8
+osd pool default pg num = 1
+osd pool default pgp num = 1
 osd pool default pg autoscale mode = off
 mon warn on pool no redundancy = false
 client mount timeout = 20
+# start-up speed: radosgw creates its pools one by one at start; shorter monitor rounds make that seconds
+paxos propose interval = 0.05
+paxos min wait = 0.01
+mon tick interval = 1
+osd mon report interval = 1
 [mon]
 mon data = {folder}/mon/$cluster-$id
 [osd]
