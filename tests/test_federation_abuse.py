@@ -13,12 +13,15 @@ import json
 import time
 
 import httpx
+import pytest
 
 from proxy.federation.entries import Attestation, new_id
 from proxy.federation.keys import SigningKey
+from tests.support.proxy import CLIENT_BUCKET, PICTRS_KEY
 from tests.test_federation_e2e import Fleet, cli, encode, fleet, pipeline_of, put, query, stored, wait_for
 
 __all__ = ["fleet"]
+pytestmark = pytest.mark.slow  # two or three proxies with in-process detectors per test
 
 
 def add_entry(proxy, key: SigningKey, attestation: Attestation) -> None:
@@ -114,3 +117,17 @@ def test_feed_bounds_cache_and_errors(fleet: Fleet) -> None:
         bad = httpx.get(f"{base}/feed", params=params)
         assert bad.status_code == 400 and "error" in bad.json()
     assert httpx.get(f"{base}/feed", params={"after": 1}).json()["entries"] == []
+    # What is shared: hashes, signals, packs, verdict; never the object key, the bucket or the uploader.
+    text = page.text + json.dumps([json.loads(base64.urlsafe_b64decode(e["jws"].split(".")[1] + "=="))
+                                   for e in page.json()["entries"]])
+    for secret in ("one.png", CLIENT_BUCKET, a.real_bucket, PICTRS_KEY):
+        assert secret not in text
+    preview = cli("federation", "publish-preview", "--config", str(a.config_path))
+    assert preview.returncode == 0 and "clean by detectors" in preview.stdout, preview.stderr
+
+
+def test_nothing_is_published_by_default(fleet: Fleet) -> None:
+    quiet = fleet.start("Q", publish=())
+    put(quiet, "one.png", encode("astronaut"))
+    assert quiet.upstream_keys() == ["one.png"]
+    assert httpx.get(f"{quiet.endpoint}/federation/v1/feed").json()["entries"] == []

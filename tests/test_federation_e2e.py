@@ -23,6 +23,8 @@ from PIL import Image
 from proxy.federation.keys import SigningKey
 from tests.support.proxy import CLIENT_BUCKET
 
+pytestmark = pytest.mark.slow  # several proxies with in-process detectors per test
+
 POLICY = 'on_undecodable = "reject"\n[[rule]]\nname = "nudity"\nwhen = { nsfw = ">= 0.9" }\naction = "flag"\n'
 
 
@@ -252,3 +254,14 @@ def test_distrust_counts_at_once_and_rescan_rechecks_exactly_what_relied_on_it(f
         ("astronaut.png",), ("camera.png",)]
     again = cli("federation", "distrust", "A", "--config", str(b.config_path))
     assert "0 decisions relied on A" in again.stdout
+    trusted = cli("federation", "trust", "A", "--for", "safe", "--config", str(b.config_path))
+    assert trusted.returncode == 0, trusted.stderr
+    peers = json.loads(cli("federation", "peers", "--json", "--config", str(b.config_path)).stdout)
+    assert [(p["name"], p["distrusted"], p["trust"]) for p in peers] == [("A", False, "safe")]
+    horse = encode("horse")
+    put(a, "horse.png", horse)
+    wait_for(lambda: stored(b, "A") == 4, "B to pull A's next attestation")
+    calls = pipeline_of(b).detector_calls
+    put(b, "horse.png", horse)
+    assert pipeline_of(b).detector_calls == calls, "trusted again: A's word counts again"
+    assert query(b, "SELECT count(*) FROM federation_reliance WHERE key = 'horse.png'") == [(1,)]
