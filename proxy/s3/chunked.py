@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import zlib
 from collections.abc import Callable
 
@@ -21,6 +20,7 @@ from proxy.s3.sigv4 import (
     STREAMING_UNSIGNED_TRAILER,
     AuthContext,
     hmac_hex,
+    same_digest,
 )
 
 MAX_LINE_BYTES = 4096
@@ -194,7 +194,7 @@ class AwsChunkedDecoder:
             EMPTY_SHA256, self._chunk_hash.hexdigest(),
         ])
         expected = hmac_hex(self._auth.signing_key, string_to_sign)
-        if not hmac.compare_digest(expected, self._chunk_signature.lower()):
+        if not same_digest(expected, self._chunk_signature.lower()):
             raise S3Error("SignatureDoesNotMatch", "aws-chunked body: a chunk signature does not match.")
         self._previous_signature = expected
 
@@ -210,7 +210,7 @@ class AwsChunkedDecoder:
             sent = self._trailers.get(self._checksum_name)
             if sent is None:
                 raise S3Error("InvalidRequest", f"The declared trailer {self._checksum_name} was not sent.")
-            if not hmac.compare_digest(sent, self._checksum.b64digest()):
+            if not same_digest(self._checksum.b64digest(), sent):
                 raise S3Error("BadDigest", f"The {self._checksum.algorithm} you specified did not match the "
                               "calculated checksum.")
         return dict(self._trailers)
@@ -223,5 +223,5 @@ class AwsChunkedDecoder:
             hashlib.sha256(canonical.encode()).hexdigest(),
         ])
         expected = hmac_hex(self._auth.signing_key, string_to_sign)
-        if not hmac.compare_digest(expected, signature.lower()):
+        if not same_digest(expected, signature.lower()):
             raise S3Error("SignatureDoesNotMatch", "aws-chunked body: the trailer signature does not match.")

@@ -69,11 +69,17 @@ def _is_hex_sha256(value: str) -> bool:
 def check_payload_sha256(auth: AuthContext, actual_hex: str) -> None:
     """Raise XAmzContentSHA256Mismatch when a body's SHA-256 is not the one that was signed."""
     expected = auth.payload_sha256
-    if expected is not None and not hmac.compare_digest(expected.lower(), actual_hex.lower()):
+    if expected is not None and not same_digest(expected.lower(), actual_hex.lower()):
         raise S3Error(
             "XAmzContentSHA256Mismatch",
             extra={"ClientComputedContentSHA256": expected, "S3ComputedContentSHA256": actual_hex},
         )
+
+
+def same_digest(expected: str, given: str) -> bool:
+    """Constant-time comparison of a computed digest with what the client sent (any text, compared as bytes:
+    `hmac.compare_digest` raises on non-ASCII strings)."""
+    return hmac.compare_digest(expected.encode("utf-8", "replace"), given.encode("utf-8", "replace"))
 
 
 def signing_key(secret: str, date: str, region: str, service: str = "s3") -> bytes:
@@ -298,7 +304,7 @@ def _check_signature(method: str, raw_path: str, query: str, headers: HTTPHeader
         expected, sts = _compute_signature(method=method, uri=uri, headers=headers, query=query, payload=payload,
                                            access_key=access_key, secret=secret, region=region, amz_date=amz_date)
         string_to_sign = string_to_sign or sts
-        if hmac.compare_digest(expected, signature.lower()):
+        if same_digest(expected, signature.lower()):
             return
     raise S3Error("SignatureDoesNotMatch", extra={"AWSAccessKeyId": access_key, "StringToSign": string_to_sign})
 
