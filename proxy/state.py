@@ -8,12 +8,13 @@ under a database-wide lock so that two replicas starting together do not race.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Column, Connection, MetaData, String, Table, event, select
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy import Column, Connection, MetaData, String, Table, event, inspect, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 metadata = MetaData()
 
@@ -26,7 +27,7 @@ MIGRATION_MODULES: tuple[str, ...] = (
     "proxy.jobs.pending",
     "proxy.jobs.pull",
     "proxy.federation.store",
-    "proxy.jobs.backfill",
+    "proxy.jobs.scan_run",
 )
 
 schema_migrations = Table(
@@ -45,6 +46,32 @@ class Migration:
 
     id: str
     apply: Callable[[Connection], None]
+
+
+def add_missing_columns(table: Table, *names: str) -> Callable[[Connection], None]:
+    """A migration step that adds columns of `table` (as the Table now defines them) where they are missing.
+
+    A database created after the columns were added to the Table already has them; an older one gets
+    them with their server default, so existing rows stay valid.
+    """
+
+    def apply(conn: Connection) -> None:
+        present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        for name in names:
+            if name in present:
+                continue
+            column = table.c[name]
+            kind = column.type.compile(dialect=conn.dialect)
+            clause = ""
+            if column.server_default is not None:
+                arg = column.server_default.arg  # type: ignore[attr-defined]
+                value = "'" + arg.replace("'", "''") + "'" if isinstance(arg, str) else str(arg)
+                clause = f" NOT NULL DEFAULT {value}"
+            conn.exec_driver_sql(f'ALTER TABLE "{table.name}" ADD COLUMN "{name}" {kind}{clause}')
+        for index in table.indexes:
+            index.create(conn, checkfirst=True)
+
+    return apply
 
 
 def create_tables(*tables: Table) -> Callable[[Connection], None]:
@@ -93,31 +120,40 @@ class Database:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    async def migrate(self) -> list[str]:
-        """Apply every migration not applied yet; returns the ids applied now."""
-        applied_now: list[str] = []
+    @asynccontextmanager
+    async def exclusive(self, lock_id: int) -> AsyncIterator[AsyncConnection]:
+        """A transaction that holds a database-wide lock named by `lock_id` until it commits.
+
+        SQLite: the write lock taken at BEGIN; PostgreSQL: a transaction-scoped advisory lock. Used where
+        replicas or scanners must not both do a check-then-insert (migrations, joining a scan run).
+        """
         async with self.engine.connect() as conn:
             if self.dialect == "sqlite":
                 await conn.exec_driver_sql("BEGIN IMMEDIATE")
             else:
                 await conn.begin()
-                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_MIGRATION_LOCK})")
+                await conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({int(lock_id)})")
             try:
-                await conn.run_sync(lambda c: schema_migrations.create(c, checkfirst=True))
-                done = set((await conn.execute(select(schema_migrations.c.id))).scalars())
-                for module_name in MIGRATION_MODULES:
-                    module = importlib.import_module(module_name)
-                    for migration in module.MIGRATIONS:
-                        if migration.id in done:
-                            continue
-                        await conn.run_sync(migration.apply)
-                        await conn.execute(schema_migrations.insert().values(id=migration.id,
-                                                                              applied_at=now_text()))
-                        applied_now.append(migration.id)
+                yield conn
             except BaseException:
                 await conn.rollback()
                 raise
             await conn.commit()
+
+    async def migrate(self) -> list[str]:
+        """Apply every migration not applied yet; returns the ids applied now."""
+        applied_now: list[str] = []
+        async with self.exclusive(_PG_MIGRATION_LOCK) as conn:
+            await conn.run_sync(lambda c: schema_migrations.create(c, checkfirst=True))
+            done = set((await conn.execute(select(schema_migrations.c.id))).scalars())
+            for module_name in MIGRATION_MODULES:
+                module = importlib.import_module(module_name)
+                for migration in module.MIGRATIONS:
+                    if migration.id in done:
+                        continue
+                    await conn.run_sync(migration.apply)
+                    await conn.execute(schema_migrations.insert().values(id=migration.id, applied_at=now_text()))
+                    applied_now.append(migration.id)
         return applied_now
 
     async def ping(self) -> None:

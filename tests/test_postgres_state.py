@@ -127,8 +127,9 @@ async def test_pending_scans_are_claimed_by_one_replica_each(database_url: str) 
         a, b = PendingScans(one), PendingScans(two)
         for i in range(6):
             body = SpooledBody.from_bytes(f"object {i}".encode())
-            await a.enqueue(Upload("pictrs", "real", f"k{i}", "pictrs-key", "image/png", body),
-                            Decision(action="allow", reason="detectors unavailable", pending=True))
+            upload = Upload("pictrs", "real", f"k{i}", "pictrs-key", "image/png", body)
+            await a.enqueue(upload, Decision(action="allow", reason="detectors unavailable", pending=True))
+            await b.confirm(upload)  # landed: due now
         assert await b.count() == 6
         claims = await asyncio.gather(*(q.claim() for q in (a, b) * 8))
         rows = [c for c in claims if c is not None]
@@ -194,7 +195,7 @@ async def test_verdict_cache_and_allow_list(database_url: str) -> None:
         a, b = VerdictCache(one), VerdictCache(two)
         sha = "d" * 64
         assert await a.lookup(sha) == (False, None)
-        scan = CachedScan({"nsfw-age": "1"}, {"nsfw": 0.25}, "f" * 64, False, True)
+        scan = CachedScan({"nsfw-age": "1"}, {"nsfw": 0.25}, None, False, True)
         await asyncio.gather(a.put(sha, scan), b.put(sha, scan), a.put(sha, scan))
         allowed, cached = await b.lookup(sha)
         assert not allowed and cached == scan
@@ -220,3 +221,31 @@ async def test_sizes_over_two_gib_fit_every_size_column(postgres_url: str, size:
         assert (await evidence.verify(db.engine)).ok
     finally:
         await db.close()
+
+
+async def test_scan_leases_take_at_most_the_batch_and_never_the_same_object(database_url: str) -> None:
+    one, two = await _open(database_url), Database(database_url)
+    try:
+        scanners = [ScanRun(one, ScanOptions("pictrs", "real"), owner=f"elsewhere/{n}/x") for n in (1, 2)]
+        scanners += [ScanRun(two, ScanOptions("pictrs", "real"), owner=f"elsewhere/{n}/x") for n in (3, 4)]
+        joined = await asyncio.gather(*(s.open() for s in scanners))
+        assert joined.count(False) == 1 and len({s.run_id for s in scanners}) == 1  # one run, joined by three
+        assert await scanners[0].take_listing() == ("", False)
+        assert await scanners[1].take_listing() is None  # the listing is leased to the first
+        assert not await scanners[1].add_page([{"Key": "x", "Size": 1, "ETag": "e"}], "t", True, after="")
+        await scanners[0].add_page([{"Key": f"k{i:03d}", "Size": 1, "ETag": "e"} for i in range(100)], "", True,
+                                   after="")
+        batches = await asyncio.gather(*(s.claim(7) for s in scanners * 3))
+        assert all(len(b) <= 7 for b in batches)
+        taken = [row["key"] for batch in batches for row in batch]
+        assert len(taken) == len(set(taken)) == sum(len(b) for b in batches) and len(taken) >= 7
+        first = batches[0]
+        # an outcome is written only by the scanner holding the object
+        await scanners[1].write_outcomes([{"key": first[0]["key"], "outcome": "clean"}])
+        await scanners[0].write_outcomes([{"key": r["key"], "outcome": "flagged"} for r in first])
+        report = await scanners[2].report()
+        assert report["outcomes"]["flagged"] == len(first) and "clean" not in report["outcomes"]
+        assert report["scanners"] == {scanners[0].owner: len(first)}
+    finally:
+        await one.close()
+        await two.close()
