@@ -190,6 +190,23 @@ class FederationConfig:  # docs/FEDERATION.md: on when key_file (publish) or pee
 
 
 @dataclass(frozen=True)
+class PictrsConfig:  # the loop back to pict-rs (proxy/integrations/pictrs.py): off while endpoint is empty
+    endpoint: str = ""
+    #: pict-rs's server.api_key (X-Api-Token). Env: BUCKETGUARD_PICTRS_API_KEY.
+    api_key: str = ""
+    #: pict-rs's own PostgreSQL repo, read-only, to map an object key to its aliases. Env: BUCKETGUARD_PICTRS_REPO_URL.
+    repo_url: str = ""
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class LemmyConfig:  # attribution (proxy/integrations/lemmy.py): Lemmy's database, read-only. Env: BUCKETGUARD_LEMMY_URL
+    database_url: str = ""
+    #: the local instance's domain, to tell local posts from federated ones ("" = from Lemmy's `site` table)
+    domain: str = ""
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     clients: tuple[ClientConfig, ...] = ()
@@ -200,6 +217,8 @@ class Config:
     screening: ScreeningConfig = field(default_factory=ScreeningConfig)
     quarantine: QuarantineConfig = field(default_factory=QuarantineConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    pictrs: PictrsConfig = field(default_factory=PictrsConfig)
+    lemmy: LemmyConfig = field(default_factory=LemmyConfig)
 
     def client_secret(self, access_key: str) -> str | None:
         for client in self.clients:
@@ -312,6 +331,9 @@ def _apply_env(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> dict[s
         ("quarantine", "access_key"): "QUARANTINE_ACCESS_KEY",
         ("quarantine", "secret_key"): "QUARANTINE_SECRET_KEY",
         ("database", "url"): "DATABASE_URL",
+        ("pictrs", "api_key"): "PICTRS_API_KEY",
+        ("pictrs", "repo_url"): "PICTRS_REPO_URL",
+        ("lemmy", "database_url"): "LEMMY_URL",
     }
     for (section, key), suffix in simple.items():
         value = environ.get(ENV_PREFIX + suffix)
