@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import zlib
 from collections.abc import Iterator
 
 import botocore.exceptions
@@ -293,3 +294,60 @@ def test_list_objects_v1_prefix_and_marker(s3) -> None:
     assert [o["Key"] for o in page["Contents"]] == ["v1/c+d"]
     assert page["IsTruncated"] is True
     assert all(o["ETag"].startswith('"') for o in page["Contents"])
+
+
+def test_reads_by_part_and_ranged_head(surface, s3) -> None:
+    parts = [os.urandom(5 * MIB), b"last part"]
+    upload_id, done = _parts(s3, "pn/obj", parts)
+    s3.complete_multipart_upload(Bucket=CLIENT_BUCKET, Key="pn/obj", UploadId=upload_id,
+                                 MultipartUpload={"Parts": done})
+    # moto answers a part read with the whole object: the proxy must answer exactly what its upstream does.
+    direct = surface.upstream.client()
+    second = s3.get_object(Bucket=CLIENT_BUCKET, Key="pn/obj", PartNumber=2)
+    assert second["Body"].read() == direct.get_object(Bucket=surface.real_bucket, Key="pn/obj",
+                                                      PartNumber=2)["Body"].read()
+    assert s3.head_object(Bucket=CLIENT_BUCKET, Key="pn/obj", PartNumber=2)["ContentLength"] == direct.head_object(
+        Bucket=surface.real_bucket, Key="pn/obj", PartNumber=2)["ContentLength"]
+    ranged = s3.head_object(Bucket=CLIENT_BUCKET, Key="pn/obj", Range="bytes=0-9")
+    assert (ranged["ResponseMetadata"]["HTTPStatusCode"], ranged["ContentLength"]) == (206, 10)
+
+
+def test_tags_given_with_the_upload_are_kept(surface, s3) -> None:
+    s3.put_object(Bucket=CLIENT_BUCKET, Key="tag/put", Body=b"x", Tagging="kind=photo&size=small")
+    direct = surface.upstream.client()
+    assert direct.get_object_tagging(Bucket=surface.real_bucket, Key="tag/put")["TagSet"] == [
+        {"Key": "kind", "Value": "photo"}, {"Key": "size", "Value": "small"}]
+    upload_id = s3.create_multipart_upload(Bucket=CLIENT_BUCKET, Key="tag/mp", Tagging="kind=video")["UploadId"]
+    etag = s3.upload_part(Bucket=CLIENT_BUCKET, Key="tag/mp", UploadId=upload_id, PartNumber=1, Body=b"v")["ETag"]
+    s3.complete_multipart_upload(Bucket=CLIENT_BUCKET, Key="tag/mp", UploadId=upload_id,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    assert direct.get_object_tagging(Bucket=surface.real_bucket, Key="tag/mp")["TagSet"] == [
+        {"Key": "kind", "Value": "video"}]
+
+
+def test_part_checksums_owners_and_version_filters(surface, s3) -> None:
+    upload_id = s3.create_multipart_upload(Bucket=CLIENT_BUCKET, Key="ck/mp", ChecksumAlgorithm="CRC32")["UploadId"]
+    part = s3.upload_part(Bucket=CLIENT_BUCKET, Key="ck/mp", UploadId=upload_id, PartNumber=1, Body=b"part",
+                          ChecksumAlgorithm="CRC32")
+    assert part["ChecksumCRC32"] == base64.b64encode(zlib.crc32(b"part").to_bytes(4, "big")).decode()
+    s3.abort_multipart_upload(Bucket=CLIENT_BUCKET, Key="ck/mp", UploadId=upload_id)
+    s3.put_object(Bucket=CLIENT_BUCKET, Key="ck/owned", Body=b"o")
+    listed = s3.list_objects(Bucket=CLIENT_BUCKET, Prefix="ck/")["Contents"]
+    assert all("Owner" in item for item in listed)
+    versions = s3.list_object_versions(Bucket=CLIENT_BUCKET, Prefix="ck/", Delimiter="/")
+    assert [v["Key"] for v in versions["Versions"]] == ["ck/owned"]
+
+
+def test_multipart_errors_in_s3_order(surface, s3) -> None:
+    s3.put_object(Bucket=CLIENT_BUCKET, Key="err/src", Body=b"0123456789")
+    upload_id, done = _parts(s3, "err/mp", [b"small", b"small too"])
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.complete_multipart_upload(Bucket=CLIENT_BUCKET, Key="err/mp", UploadId=upload_id,
+                                     MultipartUpload={"Parts": list(reversed(done))})
+    assert code_of(info) == "EntityTooSmall"
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.upload_part_copy(Bucket=CLIENT_BUCKET, Key="err/mp", UploadId=upload_id, PartNumber=3,
+                            CopySource=f"{CLIENT_BUCKET}/err/src", CopySourceRange="bytes=0-99999")
+    assert (code_of(info), status_of(info)) == ("InvalidRange", 416)
+    s3.abort_multipart_upload(Bucket=CLIENT_BUCKET, Key="err/mp", UploadId=upload_id)
+    assert surface.upstream_keys(".bucketguard/") == []

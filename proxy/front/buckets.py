@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from starlette.responses import Response
 
 from proxy.front.calls import INTERNAL_PREFIX, Call, Handlers
-from proxy.s3 import xml
+from proxy.s3 import listings, xml
 from proxy.s3.errors import S3Error
 
 
@@ -21,6 +21,13 @@ def _location_from_body(body: bytes) -> str:
     root = xml.parse_document(body, "CreateBucketConfiguration")
     return (root.findtext(f"{{{xml.NAMESPACE}}}LocationConstraint") or root.findtext("LocationConstraint")
             or "").strip()
+
+
+def _owner(listed: dict) -> tuple[str, str] | None:
+    owner = listed.get("Owner")
+    if not owner:
+        return None
+    return str(owner.get("ID", "")), str(owner.get("DisplayName", owner.get("ID", "")))
 
 
 class BucketOperations(Handlers):
@@ -94,7 +101,7 @@ class BucketOperations(Handlers):
         names = ("versions", "prefix", "delimiter", "key-marker", "version-id-marker", "max-keys", "encoding-type")
         params = {name: call.query[name] for name in names if name in call.query}
         answer = await self.upstream.forward("GET", call.real_bucket, None, params, {}, missing="NoSuchBucket")
-        body = xml.filter_listing(answer.body, call.bucket, INTERNAL_PREFIX,
+        body = listings.filter_listing(answer.body, call.bucket, INTERNAL_PREFIX,
                                   url_encoded=call.query.get("encoding-type") == "url")
         return Response(body, media_type="application/xml")
 
@@ -107,21 +114,25 @@ class BucketOperations(Handlers):
             raise S3Error("InvalidArgument", "max-keys must be an integer") from exc
         prefix, delimiter = q.get("prefix", ""), q.get("delimiter", "")
         start_after = q.get("start-after", "") if v2 else q.get("marker", "")
+        owners = not v2 or q.get("fetch-owner") == "true"  # v1 always lists owners, v2 when asked
         page = await self.upstream.list_objects_v2(
             call.real_bucket, prefix=prefix, delimiter=delimiter, max_keys=max_keys,
-            continuation_token=q.get("continuation-token", "") if v2 else "", start_after=start_after)
-        objects = [xml.ListedObject(o["Key"], o["LastModified"], o["ETag"], int(o["Size"]))
+            continuation_token=q.get("continuation-token", "") if v2 else "", start_after=start_after,
+            fetch_owner=owners)
+        objects = [listings.ListedObject(o["Key"], o["LastModified"], o["ETag"], int(o["Size"]),
+                                    o.get("StorageClass") or "STANDARD", _owner(o) if owners else None,
+                                    tuple(o.get("ChecksumAlgorithm") or ()))
                    for o in page.objects if not o["Key"].startswith(INTERNAL_PREFIX)]
         prefixes = [p for p in page.common_prefixes if not p.startswith(INTERNAL_PREFIX)]
         if v2:
-            body = xml.list_objects_v2_result(
+            body = listings.list_objects_v2_result(
                 bucket=call.bucket, prefix=prefix, delimiter=delimiter, max_keys=max_keys, objects=objects,
                 common_prefixes=prefixes, is_truncated=page.is_truncated,
                 continuation_token=q.get("continuation-token", ""), next_continuation_token=page.next_token,
                 start_after=q.get("start-after", ""), encoding_type=q.get("encoding-type", ""))
         else:
             last = max([o.key for o in objects] + prefixes, default="")
-            body = xml.list_objects_v1_result(
+            body = listings.list_objects_v1_result(
                 bucket=call.bucket, prefix=prefix, delimiter=delimiter, max_keys=max_keys, objects=objects,
                 common_prefixes=prefixes, is_truncated=page.is_truncated, marker=start_after,
                 next_marker=last if page.is_truncated else "", encoding_type=q.get("encoding-type", ""))

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from proxy.front.bodies import read_body
+from proxy.s3.chunked import Checksum
 from proxy.s3.errors import S3Error
 from proxy.s3.sigv4 import AuthContext
 from proxy.screening.upload import Screen, Upload, Verdict
@@ -30,7 +31,15 @@ STAGING_PREFIX = INTERNAL_PREFIX + "staging/"
 HEALTH_CHECK_KEY = "health-check"
 #: Request headers stored with the object, as (header, botocore parameter).
 STORED_HEADERS = (("cache-control", "CacheControl"), ("content-disposition", "ContentDisposition"),
-                  ("content-language", "ContentLanguage"), ("expires", "Expires"))
+                  ("content-language", "ContentLanguage"), ("expires", "Expires"), ("x-amz-tagging", "Tagging"),
+                  ("x-amz-storage-class", "StorageClass"),
+                  ("x-amz-website-redirect-location", "WebsiteRedirectLocation"), ("x-amz-acl", "ACL"),
+                  ("x-amz-grant-read", "GrantRead"), ("x-amz-grant-read-acp", "GrantReadACP"),
+                  ("x-amz-grant-write-acp", "GrantWriteACP"), ("x-amz-grant-full-control", "GrantFullControl"),
+                  ("x-amz-server-side-encryption", "ServerSideEncryption"))
+#: Checksum algorithms (x-amz-checksum-<name>) passed on to the upstream, which stores and checks them too.
+CHECKSUM_PARAMETERS = {"crc32": "ChecksumCRC32", "crc32c": "ChecksumCRC32C", "sha1": "ChecksumSHA1",
+                       "sha256": "ChecksumSHA256"}
 #: Largest XML document a client may send (DeleteObjects, tagging, ACLs, CompleteMultipartUpload).
 MAX_XML_BYTES = 2 * 1024 * 1024
 
@@ -169,3 +178,24 @@ class Handlers:
         if verdict.action == "refuse":
             return S3Error("SlowDown", "This upload cannot be screened right now; retry later.")
         return S3Error("AccessDenied", "Access Denied: this upload was refused by the server's content policy.")
+
+
+def checksum_parameters(echo: dict[str, str]) -> dict[str, str]:
+    """The botocore parameter that passes a verified checksum on to the upstream."""
+    return {CHECKSUM_PARAMETERS[name[len("x-amz-checksum-"):]]: value for name, value in echo.items()
+            if name[len("x-amz-checksum-"):] in CHECKSUM_PARAMETERS}
+
+
+async def checksum_echo(call: Call, body: SpooledBody) -> dict[str, str]:
+    """The x-amz-checksum-* S3 echoes in a PutObject answer: the header as sent (read_body verified it), or
+    for a trailer checksum (verified by the aws-chunked decoder) the same algorithm over the stored bytes."""
+    for name, value in call.headers.items():
+        if name.startswith("x-amz-checksum-") and name != "x-amz-checksum-type":
+            return {name: value}
+    for name in (n.strip().lower() for n in call.headers.get("x-amz-trailer", "").split(",")):
+        if name.startswith("x-amz-checksum-"):
+            checksum = Checksum(name[len("x-amz-checksum-"):])
+            async for chunk in body.chunks():
+                checksum.update(chunk)
+            return {name: checksum.b64digest()}
+    return {}

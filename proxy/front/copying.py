@@ -106,7 +106,8 @@ class CopyOperations(MultipartOperations):
                                                  params)
         headers = {"x-amz-copy-source-version-id": source.version_id} if source.version_id else {}
         return Response(xml.copy_result("CopyObjectResult", quote_etag(str(result["ETag"])),
-                                        result["LastModified"]), headers=headers, media_type="application/xml")
+                                        result["LastModified"], _checksums(result)),
+                        headers=headers, media_type="application/xml")
 
     async def upload_part_copy(self, call: Call) -> Response:
         part_number = self.part_number(call)
@@ -131,8 +132,14 @@ class CopyOperations(MultipartOperations):
                                                       params)
         etag = str(result["ETag"])
         await self.multipart.record_part(upload.upload_id, part_number, size, etag, "")
-        return Response(xml.copy_result("CopyPartResult", quote_etag(etag), result["LastModified"]),
-                        media_type="application/xml")
+        return Response(xml.copy_result("CopyPartResult", quote_etag(etag), result["LastModified"],
+                                        _checksums(result)), media_type="application/xml")
+
+
+def _checksums(result: dict[str, Any]) -> dict[str, str]:
+    """The Checksum* fields of an upstream copy result, passed on as S3 writes them."""
+    return {name: str(value) for name, value in result.items()
+            if name.startswith("Checksum") and name != "ChecksumType"}
 
 
 def _range_size(value: str, object_size: int) -> int:
@@ -145,8 +152,10 @@ def _range_size(value: str, object_size: int) -> int:
         raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form "
                       "bytes=first-last where first and last are the zero-based offsets of the first and last "
                       "bytes to copy") from exc
-    if unit != "bytes" or start < 0 or end < start or end >= object_size:
-        raise S3Error("InvalidRequest" if unit == "bytes" else "InvalidArgument",
-                      "The specified copy source range is not valid for the source object.")
+    if unit != "bytes" or start < 0 or end < start:
+        raise S3Error("InvalidArgument", "The x-amz-copy-source-range value must be of the form bytes=first-last "
+                      "where first and last are the zero-based offsets of the first and last bytes to copy")
+    if end >= object_size:
+        raise S3Error("InvalidRange", extra={"RangeRequested": value, "ActualObjectSize": str(object_size)})
     return end - start + 1
 

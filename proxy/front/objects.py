@@ -5,12 +5,20 @@ from __future__ import annotations
 
 from starlette.responses import Response, StreamingResponse
 
-from proxy.front.calls import HEALTH_CHECK_KEY, Call, Handlers, http_date, is_internal, stored_headers, write_conditions
+from proxy.front.calls import (
+    HEALTH_CHECK_KEY,
+    Call,
+    Handlers,
+    checksum_echo,
+    checksum_parameters,
+    http_date,
+    is_internal,
+    stored_headers,
+    write_conditions,
+)
 from proxy.s3 import xml
-from proxy.s3.chunked import Checksum
 from proxy.s3.errors import S3Error
 from proxy.screening.upload import Upload
-from proxy.storage.spool import SpooledBody
 
 #: Response-header overrides a GET may ask for, as botocore parameters.
 RESPONSE_OVERRIDES = (("response-content-type", "ResponseContentType"),
@@ -29,8 +37,15 @@ ANSWER_HEADERS = ("content-type", "x-amz-version-id", "x-amz-delete-marker", "la
 MAX_DELETE_KEYS = 1000
 
 
-def _version(call: Call) -> dict[str, str]:
-    return {"VersionId": call.query["versionId"]} if call.query.get("versionId") else {}
+def _version(call: Call) -> dict[str, object]:
+    """VersionId and PartNumber of a read, as botocore parameters."""
+    params: dict[str, object] = {"VersionId": call.query["versionId"]} if call.query.get("versionId") else {}
+    if "partNumber" in call.query:
+        try:
+            params["PartNumber"] = int(call.query["partNumber"])
+        except ValueError as exc:
+            raise S3Error("InvalidArgument", "Part number must be an integer between 1 and 10000.") from exc
+    return params
 
 
 class ObjectOperations(Handlers):
@@ -51,7 +66,8 @@ class ObjectOperations(Handlers):
         response = await self.upstream.head_object(
             call.real_bucket, call.key or "", if_match=h.get("if-match"), if_none_match=h.get("if-none-match"),
             if_modified_since=http_date(h.get("if-modified-since")),
-            if_unmodified_since=http_date(h.get("if-unmodified-since")), extra=_version(call))
+            if_unmodified_since=http_date(h.get("if-unmodified-since")),
+            extra={**_version(call), **({"Range": h["range"]} if h.get("range") else {})})
         return Response(status_code=response.status, headers=response.headers)
 
     async def put_object(self, call: Call) -> Response:
@@ -60,6 +76,8 @@ class ObjectOperations(Handlers):
             key = call.key or ""
             content_type, metadata, extra = stored_headers(call)
             extra.update(write_conditions(call.headers))
+            checksum = await checksum_echo(call, body)
+            extra.update(checksum_parameters(checksum))
             if not (body.size == 0 and key.rsplit("/", 1)[-1] == HEALTH_CHECK_KEY):
                 upload = Upload(call.bucket, call.real_bucket, key, call.auth.access_key, content_type, body,
                                 metadata)
@@ -68,8 +86,7 @@ class ObjectOperations(Handlers):
                     raise self.refusal(verdict)
             etag = await self.upstream.put_object(call.real_bucket, key, body, content_type=content_type,
                                                   metadata=metadata, extra=extra)
-            headers = {"ETag": etag}
-            headers.update(await checksum_echo(call, body))
+            headers = {"ETag": etag, **checksum}
         finally:
             body.close()
         return Response(status_code=200, headers=headers)
@@ -102,18 +119,3 @@ class ObjectOperations(Handlers):
         answer = await self.upstream.forward(method, call.real_bucket, call.key, params, headers, body)
         passed = {k: v for k, v in answer.headers.items() if k.lower() in ANSWER_HEADERS}
         return Response(answer.body, status_code=answer.status, headers=passed)
-
-
-async def checksum_echo(call: Call, body: SpooledBody) -> dict[str, str]:
-    """The x-amz-checksum-* S3 echoes in a PutObject answer: the header as sent (read_body verified it), or
-    for a trailer checksum (verified by the aws-chunked decoder) the same algorithm over the stored bytes."""
-    for name, value in call.headers.items():
-        if name.startswith("x-amz-checksum-") and name != "x-amz-checksum-type":
-            return {name: value}
-    for name in (n.strip().lower() for n in call.headers.get("x-amz-trailer", "").split(",")):
-        if name.startswith("x-amz-checksum-"):
-            checksum = Checksum(name[len("x-amz-checksum-"):])
-            async for chunk in body.chunks():
-                checksum.update(chunk)
-            return {name: checksum.b64digest()}
-    return {}

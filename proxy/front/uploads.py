@@ -10,15 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
 from starlette.responses import Response
 
-from proxy.front.calls import STAGING_PREFIX, Call, Handlers, quote_etag, stored_headers, strip_etag, write_conditions
+from proxy.front.calls import (
+    STAGING_PREFIX,
+    Call,
+    Handlers,
+    checksum_echo,
+    checksum_parameters,
+    quote_etag,
+    stored_headers,
+    strip_etag,
+    write_conditions,
+)
 from proxy.front.multipart import MultipartUpload, new_upload_id
-from proxy.s3 import xml
+from proxy.s3 import listings, xml
 from proxy.s3.errors import S3Error
 from proxy.screening.upload import Upload
 from proxy.storage.spool import BodyTooLarge, SpooledBody
@@ -26,7 +37,9 @@ from proxy.storage.spool import BodyTooLarge, SpooledBody
 MIN_PART_BYTES = 5 * 1024 * 1024
 #: Stored headers copied from the staging object to the landed one, as (header, botocore parameter).
 LANDED_HEADERS = (("cache-control", "CacheControl"), ("content-disposition", "ContentDisposition"),
-                  ("content-language", "ContentLanguage"), ("content-encoding", "ContentEncoding"))
+                  ("content-language", "ContentLanguage"), ("content-encoding", "ContentEncoding"),
+                  ("x-amz-storage-class", "StorageClass"),
+                  ("x-amz-website-redirect-location", "WebsiteRedirectLocation"))
 
 
 def _parse_time(text: str) -> datetime:
@@ -44,6 +57,12 @@ def _int_param(query: Any, name: str, default: int, top: int) -> int:
     if value < 0:
         raise S3Error("InvalidArgument", f"{name} must not be negative")
     return min(value, top)
+
+
+def multipart_etag(part_etags: list[str]) -> str:
+    """S3's multipart ETag: the MD5 of the parts' MD5s, then `-N` (for an upstream that does not say it)."""
+    digest = hashlib.md5(b"".join(bytes.fromhex(strip_etag(e)) for e in part_etags))  # noqa: S324 - S3's ETag
+    return f'"{digest.hexdigest()}-{len(part_etags)}"'
 
 
 class MultipartOperations(Handlers):
@@ -95,12 +114,14 @@ class MultipartOperations(Handlers):
             raise S3Error("EntityTooLarge")
         body = await self.read(call, max(remaining, 0))
         try:
+            checksum = await checksum_echo(call, body)
             etag = await self.upstream.upload_part(upload.real_bucket, upload.staging_key,
-                                                   upload.upstream_upload_id, part_number, body)
+                                                   upload.upstream_upload_id, part_number, body,
+                                                   checksum_parameters(checksum))
             await self.multipart.record_part(upload.upload_id, part_number, body.size, etag, body.md5)
         finally:
             body.close()
-        return Response(status_code=200, headers={"ETag": quote_etag(etag)})
+        return Response(status_code=200, headers={"ETag": quote_etag(etag), **checksum})
 
     def _completed(self, call: Call, upload: MultipartUpload) -> Response:
         host = call.headers.get("host", "")
@@ -113,7 +134,8 @@ class MultipartOperations(Handlers):
         upload = await self.upload_for(call)
         if upload.state == "done":
             return self._completed(call, upload)  # a repeated Complete after success answers the same
-        requested = xml.parse_complete_multipart(await self.read_small(call), self.config.limits.max_multipart_parts)
+        requested = xml.parse_complete_multipart(await self.read_small(call), self.config.limits.max_multipart_parts,
+                                                 check_order=False)
         stored = await self.multipart.parts(upload.upload_id)
         total = 0
         for index, (number, etag) in enumerate(requested):
@@ -124,6 +146,7 @@ class MultipartOperations(Handlers):
                 raise S3Error("EntityTooSmall", extra={"PartNumber": str(number), "ProposedSize": str(part.size),
                                                        "MinSizeAllowed": str(MIN_PART_BYTES)})
             total += part.size
+        xml.check_part_order(requested)
         limit = self.config.limits.max_object_bytes
         if total > limit:  # parts sent at the same moment can pass the per-part check together
             raise S3Error("EntityTooLarge", extra={"ProposedSize": str(total), "MaxSizeAllowed": str(limit)})
@@ -238,6 +261,9 @@ class MultipartOperations(Handlers):
                     conditions: dict[str, str]) -> str:
         """Copy the staging object to the client's key part by part, so the ETag keeps its `-N` form."""
         extra: dict[str, Any] = {p: headers[h] for h, p in LANDED_HEADERS if h in headers}
+        if headers.get("x-amz-tagging-count", "0") != "0":  # tags given at CreateMultipartUpload go along
+            answer = await self.upstream.forward("GET", upload.real_bucket, upload.staging_key, {"tagging": ""}, {})
+            extra["Tagging"] = xml.tagging_query(answer.body)
         landing = await self.upstream.create_multipart_upload(upload.real_bucket, upload.key,
                                                               content_type=upload.content_type,
                                                               metadata=upload.metadata, extra=extra)
@@ -255,8 +281,9 @@ class MultipartOperations(Handlers):
                     etag = str(result["ETag"])
                 parts.append((number, etag))
                 start += size
-            return await self.upstream.complete_multipart_upload(upload.real_bucket, upload.key, landing, parts,
+            etag = await self.upstream.complete_multipart_upload(upload.real_bucket, upload.key, landing, parts,
                                                                  conditions)
+            return etag if strip_etag(etag) else multipart_etag([e for _, e in parts])
         except BaseException:
             with contextlib.suppress(S3Error):
                 await self.upstream.abort_multipart_upload(upload.real_bucket, upload.key, landing)
@@ -287,7 +314,7 @@ class MultipartOperations(Handlers):
         rows = await self.multipart.live_uploads(call.bucket, prefix=prefix, key_marker=q.get("key-marker", ""),
                                                  upload_id_marker=q.get("upload-id-marker", ""),
                                                  limit=max_uploads + 1)
-        uploads: list[xml.ListedUpload] = []
+        uploads: list[listings.ListedUpload] = []
         prefixes: list[str] = []
         for row in rows[:max_uploads]:
             if delimiter and delimiter in row.key[len(prefix):]:
@@ -295,10 +322,10 @@ class MultipartOperations(Handlers):
                 if common not in prefixes:
                     prefixes.append(common)
                 continue
-            uploads.append(xml.ListedUpload(row.key, row.upload_id, _parse_time(row.created_at), row.access_key))
+            uploads.append(listings.ListedUpload(row.key, row.upload_id, _parse_time(row.created_at), row.access_key))
         truncated = len(rows) > max_uploads
         last = rows[max_uploads - 1] if truncated and max_uploads else None
-        body = xml.list_multipart_uploads_result(
+        body = listings.list_multipart_uploads_result(
             bucket=call.bucket, uploads=uploads, prefix=prefix, delimiter=delimiter,
             key_marker=q.get("key-marker", ""), upload_id_marker=q.get("upload-id-marker", ""),
             max_uploads=max_uploads, is_truncated=truncated, next_key_marker=last.key if last else "",
@@ -315,9 +342,9 @@ class MultipartOperations(Handlers):
         stored = sorted((p for p in (await self.multipart.parts(upload.upload_id)).values()
                          if p.part_number > marker), key=lambda p: p.part_number)
         shown = stored[:max_parts]
-        body = xml.list_parts_result(
+        body = listings.list_parts_result(
             bucket=call.bucket, key=upload.key, upload_id=upload.upload_id, owner=upload.access_key,
-            parts=[xml.ListedPart(p.part_number, quote_etag(p.etag), p.size, _parse_time(p.updated_at))
+            parts=[listings.ListedPart(p.part_number, quote_etag(p.etag), p.size, _parse_time(p.updated_at))
                    for p in shown],
             marker=marker, next_marker=shown[-1].part_number if shown else 0, max_parts=max_parts,
             is_truncated=len(stored) > max_parts)

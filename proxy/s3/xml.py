@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from datetime import datetime
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 from defusedxml import ElementTree as SafeElementTree
@@ -21,8 +20,11 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def parse_complete_multipart(body: bytes, max_parts: int = 10000) -> list[tuple[int, str]]:
-    """The (PartNumber, ETag) list of a CompleteMultipartUpload body, ascending as S3 requires."""
+def parse_complete_multipart(body: bytes, max_parts: int = 10000, *, check_order: bool = True) -> list[tuple[int, str]]:
+    """The (PartNumber, ETag) list of a CompleteMultipartUpload body, ascending as S3 requires.
+
+    With `check_order=False` the caller checks the order itself with :func:`check_part_order` (S3 reports a
+    too-small part before a wrong order)."""
     if len(body) > MAX_COMPLETE_BODY_BYTES:
         raise S3Error("MalformedXML", "The CompleteMultipartUpload body is too large.")
     try:
@@ -48,10 +50,15 @@ def parse_complete_multipart(body: bytes, max_parts: int = 10000) -> list[tuple[
             raise S3Error("MalformedXML", "Too many parts.")
     if not parts:
         raise S3Error("MalformedXML", "The XML you provided did not list any parts.")
+    if check_order:
+        check_part_order(parts)
+    return parts
+
+
+def check_part_order(parts: list[tuple[int, str]]) -> None:
     numbers = [n for n, _ in parts]
     if numbers != sorted(numbers) or len(set(numbers)) != len(numbers):
         raise S3Error("InvalidPartOrder")
-    return parts
 
 
 def _document(root: Element) -> bytes:
@@ -83,107 +90,8 @@ def complete_multipart_result(location: str, bucket: str, key: str, etag: str) -
     return _document(root)
 
 
-@dataclass(frozen=True)
-class ListedObject:
-    key: str
-    last_modified: datetime
-    etag: str
-    size: int
-    storage_class: str = "STANDARD"
-
-
 def _iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-def _listing_entries(root: Element, objects: Iterable[ListedObject], common_prefixes: Iterable[str],
-                     enc: Callable[[str], str]) -> None:
-    for item in objects:
-        contents = SubElement(root, "Contents")
-        _text(contents, "Key", enc(item.key))
-        _text(contents, "LastModified", _iso(item.last_modified))
-        _text(contents, "ETag", item.etag)
-        _text(contents, "Size", item.size)
-        _text(contents, "StorageClass", item.storage_class)
-    for common in common_prefixes:
-        element = SubElement(root, "CommonPrefixes")
-        _text(element, "Prefix", enc(common))
-
-
-def list_objects_v2_result(
-    *,
-    bucket: str,
-    prefix: str,
-    delimiter: str,
-    max_keys: int,
-    objects: Iterable[ListedObject],
-    common_prefixes: Iterable[str],
-    is_truncated: bool,
-    continuation_token: str = "",
-    next_continuation_token: str = "",
-    start_after: str = "",
-    encoding_type: str = "",
-    key_count: int | None = None,
-) -> bytes:
-    """A ListBucketResult for ListObjectsV2; with encoding-type=url, keys and prefixes are URL-encoded."""
-
-    def enc(value: str) -> str:
-        return quote(value, safe="/") if encoding_type == "url" else value
-
-    objects = list(objects)
-    common_prefixes = list(common_prefixes)
-    root = _root("ListBucketResult")
-    _text(root, "Name", bucket)
-    _text(root, "Prefix", enc(prefix))
-    if delimiter:
-        _text(root, "Delimiter", enc(delimiter))
-    _text(root, "MaxKeys", max_keys)
-    _text(root, "KeyCount", key_count if key_count is not None else len(objects) + len(common_prefixes))
-    _text(root, "IsTruncated", "true" if is_truncated else "false")
-    if encoding_type:
-        _text(root, "EncodingType", encoding_type)
-    if continuation_token:
-        _text(root, "ContinuationToken", continuation_token)
-    if next_continuation_token:
-        _text(root, "NextContinuationToken", next_continuation_token)
-    if start_after:
-        _text(root, "StartAfter", enc(start_after))
-    _listing_entries(root, objects, common_prefixes, enc)
-    return _document(root)
-
-
-def list_objects_v1_result(
-    *,
-    bucket: str,
-    prefix: str,
-    delimiter: str,
-    max_keys: int,
-    objects: Iterable[ListedObject],
-    common_prefixes: Iterable[str],
-    is_truncated: bool,
-    marker: str = "",
-    next_marker: str = "",
-    encoding_type: str = "",
-) -> bytes:
-    """A ListBucketResult for the original ListObjects (s3cmd and older clients still use it)."""
-
-    def enc(value: str) -> str:
-        return quote(value, safe="/") if encoding_type == "url" else value
-
-    root = _root("ListBucketResult")
-    _text(root, "Name", bucket)
-    _text(root, "Prefix", enc(prefix))
-    _text(root, "Marker", enc(marker))
-    if next_marker:
-        _text(root, "NextMarker", enc(next_marker))
-    _text(root, "MaxKeys", max_keys)
-    if delimiter:
-        _text(root, "Delimiter", enc(delimiter))
-    _text(root, "IsTruncated", "true" if is_truncated else "false")
-    if encoding_type:
-        _text(root, "EncodingType", encoding_type)
-    _listing_entries(root, objects, common_prefixes, enc)
-    return _document(root)
 
 
 def parse_document(body: bytes, root_name: str) -> Element:
@@ -242,6 +150,16 @@ def delete_result(deleted: Iterable[dict], errors: Iterable[dict]) -> bytes:
     return _document(root)
 
 
+def tagging_query(body: bytes) -> str:
+    """A Tagging document's TagSet as the `k=v&k2=v2` form of the x-amz-tagging header."""
+    root = parse_document(body, "Tagging")
+    pairs = []
+    for tag in root.iter(f"{{{NAMESPACE}}}Tag") if root.tag.startswith("{") else root.iter("Tag"):
+        fields = {_local(child.tag): child.text or "" for child in tag}
+        pairs.append(f"{quote(fields.get('Key', ''), safe='')}={quote(fields.get('Value', ''), safe='')}")
+    return "&".join(pairs)
+
+
 def list_buckets_result(buckets: Iterable[tuple[str, datetime]], owner_id: str = "bucketguard") -> bytes:
     root = _root("ListAllMyBucketsResult")
     owner = SubElement(root, "Owner")
@@ -255,117 +173,17 @@ def list_buckets_result(buckets: Iterable[tuple[str, datetime]], owner_id: str =
     return _document(root)
 
 
-def copy_result(root_name: str, etag: str, last_modified: datetime) -> bytes:
-    """CopyObjectResult or CopyPartResult."""
+def copy_result(root_name: str, etag: str, last_modified: datetime, checksums: dict[str, str] | None = None) -> bytes:
+    """CopyObjectResult or CopyPartResult; `checksums` as the upstream named them (ChecksumCRC32, ...)."""
     root = _root(root_name)
     _text(root, "LastModified", _iso(last_modified))
     _text(root, "ETag", etag)
+    for name, value in (checksums or {}).items():
+        _text(root, name, value)
     return _document(root)
 
 
 def location_constraint(region: str) -> bytes:
     root = _root("LocationConstraint")
     root.text = "" if region == "us-east-1" else region
-    return _document(root)
-
-
-def filter_listing(body: bytes, bucket: str, hidden_prefix: str, url_encoded: bool) -> bytes:
-    """An upstream listing (ListVersionsResult, ...) named for the client's bucket, without hidden keys."""
-    root = parse_document(body, "")
-    for element in list(root):
-        name = _local(element.tag)
-        if name == "Name":
-            element.text = bucket
-            continue
-        key_text = element.findtext(f"{{{NAMESPACE}}}Key") if name in ("Version", "DeleteMarker", "Contents") \
-            else element.findtext(f"{{{NAMESPACE}}}Prefix") if name == "CommonPrefixes" else None
-        if key_text is None:
-            continue
-        key = unquote(key_text) if url_encoded else key_text
-        if key.startswith(hidden_prefix):
-            root.remove(element)
-    _strip_namespace_prefixes(root)
-    return _document(root)
-
-
-def _strip_namespace_prefixes(root: Element) -> None:
-    """ElementTree writes `ns0:` prefixes for a parsed namespace; S3 writes a default namespace."""
-    for element in root.iter():
-        if element.tag.startswith(f"{{{NAMESPACE}}}"):
-            element.tag = element.tag[len(NAMESPACE) + 2:]
-    root.set("xmlns", NAMESPACE)
-
-
-@dataclass(frozen=True)
-class ListedUpload:
-    key: str
-    upload_id: str
-    initiated: datetime
-    owner: str
-
-
-def list_multipart_uploads_result(*, bucket: str, uploads: Iterable[ListedUpload], prefix: str, delimiter: str,
-                                  key_marker: str, upload_id_marker: str, max_uploads: int, is_truncated: bool,
-                                  next_key_marker: str, next_upload_id_marker: str,
-                                  common_prefixes: Iterable[str] = (), encoding_type: str = "") -> bytes:
-    def enc(value: str) -> str:
-        return quote(value, safe="/") if encoding_type == "url" else value
-
-    root = _root("ListMultipartUploadsResult")
-    _text(root, "Bucket", bucket)
-    _text(root, "KeyMarker", enc(key_marker))
-    _text(root, "UploadIdMarker", upload_id_marker)
-    _text(root, "NextKeyMarker", enc(next_key_marker))
-    _text(root, "NextUploadIdMarker", next_upload_id_marker)
-    _text(root, "Prefix", enc(prefix))
-    if delimiter:
-        _text(root, "Delimiter", enc(delimiter))
-    _text(root, "MaxUploads", max_uploads)
-    _text(root, "IsTruncated", "true" if is_truncated else "false")
-    if encoding_type:
-        _text(root, "EncodingType", encoding_type)
-    for upload in uploads:
-        element = SubElement(root, "Upload")
-        _text(element, "Key", enc(upload.key))
-        _text(element, "UploadId", upload.upload_id)
-        for role in ("Initiator", "Owner"):
-            person = SubElement(element, role)
-            _text(person, "ID", upload.owner)
-            _text(person, "DisplayName", upload.owner)
-        _text(element, "StorageClass", "STANDARD")
-        _text(element, "Initiated", _iso(upload.initiated))
-    for common in common_prefixes:
-        _text(SubElement(root, "CommonPrefixes"), "Prefix", enc(common))
-    return _document(root)
-
-
-@dataclass(frozen=True)
-class ListedPart:
-    number: int
-    etag: str
-    size: int
-    last_modified: datetime
-
-
-def list_parts_result(*, bucket: str, key: str, upload_id: str, owner: str, parts: Iterable[ListedPart],
-                      marker: int, next_marker: int, max_parts: int, is_truncated: bool) -> bytes:
-    root = _root("ListPartsResult")
-    _text(root, "Bucket", bucket)
-    _text(root, "Key", key)
-    _text(root, "UploadId", upload_id)
-    for role in ("Initiator", "Owner"):
-        person = SubElement(root, role)
-        _text(person, "ID", owner)
-        _text(person, "DisplayName", owner)
-    _text(root, "StorageClass", "STANDARD")
-    _text(root, "PartNumberMarker", marker)
-    _text(root, "NextPartNumberMarker", next_marker)
-    _text(root, "MaxParts", max_parts)
-    _text(root, "IsTruncated", "true" if is_truncated else "false")
-    for part in parts:
-        element = SubElement(root, "Part")
-        _text(element, "PartNumber", part.number)
-        _text(element, "LastModified", _iso(part.last_modified))
-        _text(element, "ETag", part.etag)
-        _text(element, "Size", part.size)
     return _document(root)

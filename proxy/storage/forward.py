@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import yarl
 from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from defusedxml import ElementTree as SafeElementTree
@@ -38,8 +39,9 @@ async def send_signed(method: str, url: str, params: Mapping[str, str], headers:
     prepared = request.prepare()
     timeout = aiohttp.ClientTimeout(sock_connect=limits.upstream_connect_timeout_s,
                                     sock_read=limits.upstream_read_timeout_s)
+    url_as_signed = yarl.URL(prepared.url, encoded=True)  # never re-quoted: it is what was signed
     async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
-            method, prepared.url, headers=dict(prepared.headers), data=body or None,
+            method, url_as_signed, headers=dict(prepared.headers), data=body or None,
             ssl=None if verify_tls else False) as response:
         content = await response.content.read(MAX_FORWARD_RESPONSE_BYTES + 1)
         if len(content) > MAX_FORWARD_RESPONSE_BYTES:

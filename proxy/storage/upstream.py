@@ -28,7 +28,8 @@ from proxy.storage.spool import SpooledBody
 PASSED_HEADERS = (
     "content-length", "content-type", "etag", "last-modified", "content-range", "accept-ranges",
     "cache-control", "content-disposition", "content-encoding", "content-language", "expires",
-    "x-amz-version-id", "x-amz-storage-class", "x-amz-mp-parts-count",
+    "x-amz-version-id", "x-amz-storage-class", "x-amz-mp-parts-count", "x-amz-tagging-count",
+    "x-amz-delete-marker", "x-amz-website-redirect-location", "x-amz-server-side-encryption",
 )
 STREAM_CHUNK_BYTES = 256 * 1024
 
@@ -231,9 +232,12 @@ class Upstream:
         await self._call("head_bucket", missing="NoSuchBucket", Bucket=bucket)
 
     async def list_objects_v2(self, bucket: str, *, prefix: str = "", delimiter: str = "", max_keys: int = 1000,
-                              continuation_token: str = "", start_after: str = "") -> ListedPage:
+                              continuation_token: str = "", start_after: str = "",
+                              fetch_owner: bool = False) -> ListedPage:
         # botocore asks for url encoding itself and decodes the keys (safe for any key bytes in XML).
         params: dict[str, Any] = {"Bucket": bucket, "MaxKeys": max_keys}
+        if fetch_owner:
+            params["FetchOwner"] = True
         if prefix:
             params["Prefix"] = prefix
         if delimiter:
@@ -261,10 +265,11 @@ class Upstream:
         response = await self._call("create_multipart_upload", **params)
         return str(response["UploadId"])
 
-    async def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, body: SpooledBody) -> str:
+    async def upload_part(self, bucket: str, key: str, upload_id: str, part_number: int, body: SpooledBody,
+                          extra: Mapping[str, Any] | None = None) -> str:
         response = await self._call("upload_part", missing="NoSuchUpload", Bucket=bucket, Key=key,
                                     UploadId=upload_id, PartNumber=part_number, Body=body.reader(),
-                                    ContentLength=body.size, ContentMD5=body.md5_base64)
+                                    ContentLength=body.size, ContentMD5=body.md5_base64, **dict(extra or {}))
         return str(response["ETag"])
 
     async def complete_multipart_upload(self, bucket: str, key: str, upload_id: str,
@@ -272,7 +277,7 @@ class Upstream:
         response = await self._call(
             "complete_multipart_upload", missing="NoSuchUpload", Bucket=bucket, Key=key, UploadId=upload_id,
             MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etag} for n, etag in parts]}, **dict(extra or {}))
-        return str(response["ETag"])
+        return str(response.get("ETag") or "")  # some servers (Ceph RGW) may leave it out
 
     async def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
         await self._call("abort_multipart_upload", missing="NoSuchUpload", Bucket=bucket, Key=key,
