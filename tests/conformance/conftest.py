@@ -23,9 +23,13 @@ CLIENT_KEY = "rclone-key"
 UPSTREAM_FIXTURES = {"moto": "moto_server_auth", "rgw": "rgw_server"}
 
 
-def passthrough_config(tmp: Path, upstream: S3Server) -> Path:
+def quarantine_bucket(kind: str) -> str:
+    return f"cf-evidence-{kind}"
+
+
+def passthrough_config(tmp: Path, upstream: S3Server, extra: str = "") -> Path:
     """The test config with `[upstream] buckets = "*"` in place of the bucket map."""
-    path = write_config(tmp, upstream, "unused")
+    path = write_config(tmp, upstream, "unused", extra=extra)
     text, count = re.subn(r'\[upstream\.buckets\]\n\S+ = "unused"\n', 'buckets = "*"\n', path.read_text())
     assert count == 1, "the shared test config no longer has the bucket map this fixture replaces"
     path.write_text(text)
@@ -35,7 +39,8 @@ def passthrough_config(tmp: Path, upstream: S3Server) -> Path:
 @pytest.fixture(scope="session")
 def conformance_proxies(request: pytest.FixtureRequest,
                         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str, str], RunningProxy]]:
-    """`proxy_for(kind, mode)`: the session's proxy in front of that upstream, in "passthrough" or "mapped" mode."""
+    """`proxy_for(kind, mode)`: the session's proxy in front of that upstream, in "passthrough", "mapped" or
+    "guarded" mode (pass-through with the quarantine kept in a bucket of the same upstream)."""
     started: dict[tuple[str, str], RunningProxy] = {}
 
     def proxy_for(kind: str, mode: str) -> RunningProxy:
@@ -44,6 +49,11 @@ def conformance_proxies(request: pytest.FixtureRequest,
             tmp = tmp_path_factory.mktemp(f"conformance-{kind}-{mode}")
             if mode == "passthrough":
                 real_bucket, path = "", passthrough_config(tmp, upstream)
+            elif mode == "guarded":  # pass-through, with the quarantine in a bucket of the same upstream
+                upstream.client().create_bucket(Bucket=quarantine_bucket(kind))
+                real_bucket, path = "", passthrough_config(tmp, upstream, extra=(
+                    f'store = "s3"\nbucket = "{quarantine_bucket(kind)}"\nendpoint = "{upstream.endpoint}"\n'
+                    f'access_key = "{upstream.access_key}"\nsecret_key = "{upstream.secret_key}"\n'))
             else:
                 real_bucket = f"cf-mapped-{kind}"
                 upstream.client().create_bucket(Bucket=real_bucket)
@@ -87,7 +97,7 @@ def make_sides(kind: str, mode: str, upstream: S3Server, proxy: RunningProxy,
     for name in logical:
         if not name.startswith("new"):  # "new..." buckets are the case's to create
             admin.create_bucket(Bucket=up_buckets[name])
-            if mode == "passthrough":
+            if mode != "mapped":
                 admin.create_bucket(Bucket=proxy_buckets[name])
     key_prefix = ""
     if mode == "mapped":
