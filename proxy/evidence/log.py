@@ -35,7 +35,8 @@ GENESIS_HASH = "0" * 64
 
 #: Event types: what the proxy decided, and what an operator (or the proxy on their behalf) did.
 DECISION_EVENTS = frozenset({"quarantine", "reject", "flag"})
-OPERATOR_EVENTS = frozenset({"reported", "hold", "unhold", "purge", "release", "confirm", "reveal", "export"})
+OPERATOR_EVENTS = frozenset({"reported", "hold", "unhold", "purge", "release", "confirm", "reveal", "export",
+                             "pictrs-purge"})  # pictrs-purge: proxy/integrations/pictrs.py
 EVENT_TYPES = DECISION_EVENTS | OPERATOR_EVENTS
 
 #: Fields covered by record_hash, in the order they are documented (the canonical form sorts them).
