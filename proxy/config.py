@@ -202,8 +202,6 @@ class PictrsConfig:  # the loop back to pict-rs (proxy/integrations/pictrs.py): 
 @dataclass(frozen=True)
 class LemmyConfig:  # attribution (proxy/integrations/lemmy.py): Lemmy's database, read-only. Env: BUCKETGUARD_LEMMY_URL
     database_url: str = ""
-    #: the local instance's domain, to tell local posts from federated ones ("" = from Lemmy's `site` table)
-    domain: str = ""
 
 
 @dataclass(frozen=True)
