@@ -83,6 +83,7 @@ async def ingest(db_url: str, key: SigningKey, pages: list[dict]) -> float:
         await ingester.ingest(peer, page["entries"], signature=page["sig"], after=peer.cursor)
     elapsed = time.perf_counter() - started
     stored = await store.attestation_count("peer")
+    await store.close()
     await db.close()
     if stored != sum(len(p["entries"]) for p in pages):
         raise RuntimeError(f"stored {stored} of {sum(len(p['entries']) for p in pages)}")
@@ -124,6 +125,7 @@ async def step_costs(db_url: str, policy_file: Path, cached: list[bytes], federa
         await store.record_reliance("bench", "k", decision.sha256, decision.action, decision.rule,
                                     decision.match["federation"])
         federation_s.append(time.perf_counter() - started)
+    await store.close()
     await db.close()
     return cache_s, federation_s
 

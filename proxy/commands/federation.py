@@ -98,8 +98,11 @@ def _run(config_path: str, body: Any) -> Any:
 
         async with open_database(config) as db:
             store = FederationStore(db)
-            await store.sync_peers(checked_peers(config))
-            return await body(config, store)
+            try:
+                await store.sync_peers(checked_peers(config))
+                return await body(config, store)
+            finally:
+                await store.close()
 
     return asyncio.run(main())
 

@@ -25,13 +25,14 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    event,
     func,
     or_,
     select,
     tuple_,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from proxy.state import Database, Migration, create_tables, metadata, now_text
 
@@ -139,9 +140,17 @@ def _peer(row: Mapping[str, Any]) -> PeerRow:
                    int(row["cursor"]), int(row["stored"]))
 
 
+def _relaxed_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    for pragma in ("journal_mode=WAL", "synchronous=NORMAL", "foreign_keys=ON", f"cache_size={SQLITE_CACHE_KIB}"):
+        cursor.execute(f"PRAGMA {pragma}")
+    cursor.close()
+
+
 class FederationStore:
     def __init__(self, db: Database) -> None:
         self.engine = db.engine
+        self._relaxed: AsyncEngine | None = None
 
     # -- peers ---------------------------------------------------------------------------------------
 
@@ -275,22 +284,23 @@ class FederationStore:
     @contextlib.asynccontextmanager
     async def relaxed(self) -> AsyncIterator[AsyncConnection]:
         """A transaction committed without waiting for the disk (atomic, durable against a crash of this process;
-        against power loss only once a later commit syncs). SQLite also gets a larger page cache for it."""
-        sqlite = self.engine.dialect.name == "sqlite"
-        async with self.engine.connect() as conn:
-            if sqlite:
-                await conn.exec_driver_sql("PRAGMA synchronous=NORMAL")
-                await conn.exec_driver_sql(f"PRAGMA cache_size={SQLITE_CACHE_KIB}")
-            else:
+        against power loss only once a later commit syncs). On SQLite, through a second engine on the same file
+        whose connections are set up so (WAL, synchronous=NORMAL, a larger page cache): no per-write PRAGMAs."""
+        if self.engine.dialect.name != "sqlite":
+            async with self.engine.begin() as conn:
                 await conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
-            try:
                 yield conn
-                await conn.commit()
-            finally:
-                if sqlite:
-                    await conn.rollback()
-                    await conn.exec_driver_sql("PRAGMA synchronous=FULL")
-                    await conn.commit()
+            return
+        if self._relaxed is None:
+            self._relaxed = create_async_engine(self.engine.url, connect_args={"timeout": 30.0})
+            event.listen(self._relaxed.sync_engine, "connect", _relaxed_pragmas)
+        async with self._relaxed.begin() as conn:
+            yield conn
+
+    async def close(self) -> None:
+        if self._relaxed is not None:
+            await self._relaxed.dispose()
+            self._relaxed = None
 
     async def relied_on(self, peer: str, bucket: str | None = None, *, pending_only: bool = True
                         ) -> list[dict[str, Any]]:

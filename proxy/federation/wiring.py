@@ -132,3 +132,4 @@ class Federation:
                 await self._task
         if self.puller is not None:
             await self.puller.close()
+        await self.store.close()
