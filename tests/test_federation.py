@@ -117,6 +117,14 @@ def test_the_local_policy_decides_on_a_peers_numbers() -> None:
     assert "signals attested by A" in decided.reason
 
 
+def test_a_peers_undecodable_is_judged_as_undecodable_here() -> None:
+    strict = parse_policy({"on_undecodable": "quarantine", "rule": []})
+    peer = row("A")
+    peer["signals"] = {"undecodable": 1.0}
+    decided = judge([peer], strict, Rules(safe_quorum=1.0), sha256=SHA)
+    assert decided is not None and (decided.action, decided.rule) == ("quarantine", "on_undecodable")
+
+
 def test_blocks_go_to_review_by_exact_or_perceptual_match_and_never_make_anything_safe() -> None:
     rules = Rules(safe_quorum=1.0, block_quorum=1.0)
     near = row("A", verdict="block", trust=("block",), sha="cd" * 32)

@@ -74,7 +74,8 @@ class Publisher:
         """Called after the pipeline acted on an upload: publish what the operator chose to publish."""
         if decision.pending or not decision.sha256:
             return
-        if "clean" in self.kinds and decision.step == "detectors" and decision.action == "allow" and decision.signals:
+        if ("clean" in self.kinds and decision.step == "detectors" and decision.action == "allow" and decision.signals
+                and decision.rule not in ("on_undecodable", "on_non_media", "on_unavailable")):
             await self.attest(decision.sha256, decision.pdq, "clean", "detectors", signals=decision.signals,
                               packs=decision.packs)
         elif ("hashlist" in self.kinds and decision.step == "blocklist"

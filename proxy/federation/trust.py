@@ -70,7 +70,7 @@ def judge(rows: Sequence[Mapping[str, Any]], policy: Policy, rules: Rules, *, sh
     exact = [r for r in rows if r["sha256"] == sha256 and r["trust"] and r["signals"] and rules.accepts(r["packs"])]
     worst: tuple[int, Any, Mapping[str, Any]] | None = None
     for row in exact:
-        decided = policy.decide(row["signals"])
+        decided = policy.decide(row["signals"], undecodable=row["signals"].get("undecodable", 0.0) > 0)
         severity = _SEVERITY.get(decided.action, 0)
         if severity and (worst is None or severity > worst[0]):
             worst = (severity, decided, row)
@@ -87,7 +87,7 @@ def judge(rows: Sequence[Mapping[str, Any]], policy: Policy, rules: Rules, *, sh
             packs.update(row["packs"])
             for name, value in row["signals"].items():
                 merged[name] = max(value, merged.get(name, value))
-        if _SEVERITY.get(policy.decide(merged).action, 0):
+        if _SEVERITY.get(policy.decide(merged, undecodable=merged.get("undecodable", 0.0) > 0).action, 0):
             return None  # each peer's numbers pass, their worst together do not: let the detectors look
         names = ", ".join(sorted({r["peer"] for r in clean}))
         return Judgement("allow", "federation:safe", "", f"known safe: clean attested by {names}", merged, packs,
