@@ -140,6 +140,7 @@ async def _scan_bucket(config, args, since):
     await upstream.start()
     pipeline, quarantine, cleanup = await _pipeline(config, db)
     relied = await _relied_on(db, args.relied_on, bucket) if args.relied_on else None
+    purger, lemmy = (None, None) if args.dry_run else _pictrs_purger(config)
     options = ScanOptions(bucket, real_bucket, args.prefix, since, args.dry_run, args.rescan or relied is not None,
                           args.concurrency,
                           args.rate, args.lease)
@@ -155,7 +156,8 @@ async def _scan_bucket(config, args, since):
                 progress.update(task, bytes=f"{moved[0] / 1e6:.1f} MB here",
                                 counts=" ".join(f"{k}:{v}" for k, v in sorted(counts.items())))
 
-            backfill = Backfill(db, upstream, pipeline, quarantine, config.limits, options, progress=advance)
+            backfill = Backfill(db, upstream, pipeline, quarantine, config.limits, options, progress=advance,
+                                purger=purger)
             backfill.only_keys = relied
             resumed = await backfill.run.open()
             refresher = asyncio.create_task(_fleet_progress(backfill, progress, task, resumed))
@@ -167,10 +169,26 @@ async def _scan_bucket(config, args, since):
             if relied is not None:
                 report["rechecked"] = await _rechecked(db, args.relied_on, bucket, relied, report)
     finally:
+        for closable in (purger, lemmy):
+            if closable is not None:
+                await closable.close()
         await cleanup()
         await upstream.close()
         await db.close()
     return report
+
+
+def _pictrs_purger(config):
+    """With [pictrs] endpoint set, hits are purged from pict-rs too (aliases found as pictrs.py explains)."""
+    from proxy.integrations.lemmy import LemmyDatabase
+    from proxy.integrations.pictrs import PictrsError, PictrsPurger
+
+    lemmy = LemmyDatabase.from_config(config.lemmy)
+    try:
+        purger = PictrsPurger.from_config(config.pictrs, candidates=lemmy.aliases if lemmy else None)
+    except PictrsError as exc:
+        raise CommandError(str(exc)) from exc
+    return purger, lemmy
 
 
 async def _relied_on(db, peer: str, bucket: str) -> frozenset[str]:
