@@ -184,3 +184,34 @@ def test_cli_refuses_an_unknown_peer_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "state.db").touch()
     result = cli("federation", "distrust", "nobody", "--config", str(config))
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no peer 'nobody'" in result.stderr
+
+
+def test_a_peer_removed_from_the_config_stops_counting(tmp_path: Path) -> None:
+    """Real SQLite state: a stored attestation counts while its peer is configured, not after it is removed."""
+    import asyncio
+
+    from proxy.federation.ingest import Ingester
+    from proxy.federation.store import FederationStore
+    from proxy.state import Database
+
+    key = SigningKey.generate()
+
+    async def scenario() -> tuple[int, int, int]:
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+        await db.migrate()
+        store = FederationStore(db)
+        peer = ("A", "http://a", key.public.line, key.public.kid, ("safe",), 1.0)
+        await store.sync_peers([peer])
+        entries = [{"seq": 1, "jws": key.sign(attestation())}]
+        page = signed_page(key, entries, 0, False)
+        await Ingester(store, max_per_peer=10).ingest(await store.peer("A"), page["entries"], signature=page["sig"])
+        counted = len(await store.usable(SHA))
+        await store.sync_peers([])
+        removed = len(await store.usable(SHA))
+        await store.sync_peers([peer])
+        back = len(await store.usable(SHA))
+        await store.close()
+        await db.close()
+        return counted, removed, back
+
+    assert asyncio.run(scenario()) == (1, 0, 1)

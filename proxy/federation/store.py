@@ -156,9 +156,14 @@ class FederationStore:
 
     async def sync_peers(self, configured: Iterable[tuple[str, str, str, str, tuple[str, ...], float]]) -> None:
         """Config peers (name, url, key line, kid, trust, weight) into the table; a changed config key resets the
-        peer's rotation state and cursor (a new key is a new identity); CLI distrust and overrides stay."""
+        peer's rotation state and cursor (a new key is a new identity); CLI distrust and overrides stay; a peer
+        no longer in the config is removed."""
+        configured = list(configured)
         async with self.engine.begin() as conn:
             existing = {r["name"]: r for r in (await conn.execute(select(peers))).mappings()}
+            removed = set(existing) - {c[0] for c in configured}
+            if removed:  # its attestations stop counting (the lookup joins this table); reliance records stay
+                await conn.execute(peers.delete().where(peers.c.name.in_(sorted(removed))))
             for name, url, key, kid, trust, weight in configured:
                 values = {"url": url, "trust": ",".join(sorted(trust)), "weight": weight}
                 row = existing.get(name)

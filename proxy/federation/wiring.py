@@ -73,14 +73,17 @@ class Federation:
         self.store = FederationStore(db)
         self.publisher = open_publisher(config, self.store)
         fed = config.federation
-        self.step = PeerAttestations(self.store, policy, rules_of(config), pdq_max_distance=pdq_max_distance)
+        self.step = (PeerAttestations(self.store, policy, rules_of(config), pdq_max_distance=pdq_max_distance)
+                     if fed.peers else None)
         self.puller = (Puller(self.store, Ingester(self.store, max_per_peer=fed.max_attestations_per_peer),
-                              interval_s=fed.pull_interval_s, on_ingested=self.step.refresh) if fed.peers else None)
+                              interval_s=fed.pull_interval_s, on_ingested=self.step.refresh)
+                       if self.step is not None else None)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.store.sync_peers(checked_peers(self.config))
-        await self.step.refresh()
+        if self.step is not None:
+            await self.step.refresh()
         self._task = asyncio.create_task(self._loop(), name="federation")
 
     def routes(self) -> list[Route]:
@@ -117,7 +120,7 @@ class Federation:
                 if self.publisher is not None:
                     await self.publisher.sync_confirmed()
                 rounds += 1
-                if rounds % 20 == 0:  # other replicas ingest too
+                if rounds % 20 == 0 and self.step is not None:  # other replicas ingest too
                     await self.step.refresh()
             except asyncio.CancelledError:
                 raise
