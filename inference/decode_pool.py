@@ -19,6 +19,7 @@ a thread cannot be stopped and would keep burning after its caller gave up. Work
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 import multiprocessing
@@ -32,6 +33,10 @@ from typing import Any, TypeVar
 import pebble
 
 T = TypeVar("T")
+
+
+class DecodeBusy(Exception):
+    """Every worker is busy and the queue in front of them is full: an overload, not a property of the bytes."""
 
 
 class DecodeLimitExceeded(Exception):
@@ -49,6 +54,8 @@ class DecodeLimits:
     memory_bytes: int = 1536 * 1024 * 1024
     #: a worker is replaced after this many tasks (memory fragmentation of long-lived decoders)
     max_tasks: int = 500
+    #: tasks allowed to wait for a worker; one more raises DecodeBusy at once (bounded queue and waits)
+    max_waiting: int = 64
 
 
 def _address_space() -> int:
@@ -86,6 +93,7 @@ class DecodePool:
         self.workers = max(1, workers)
         self.limits = limits or DecodeLimits()
         self.stopped = 0  # tasks stopped at a limit (the worker was killed or hit its memory cap)
+        self.in_flight = 0  # tasks running or waiting
         self._pool: pebble.ProcessPool | None = None
         self._lock = threading.Lock()
 
@@ -98,9 +106,21 @@ class DecodePool:
             return self._pool
 
     def submit(self, function: Callable[..., T], *args: Any) -> concurrent.futures.Future[T]:
-        """Schedule `function(*args)` (a module-level function, picklable arguments) in a worker."""
-        return self._started().schedule(_run_limited, args=(function, args, self.limits.cpu_seconds),
-                                        timeout=self.limits.wall_seconds)
+        """Schedule `function(*args)` (a module-level function, picklable arguments) in a worker; DecodeBusy
+        when `workers + max_waiting` tasks are already in flight."""
+        pool = self._started()
+        with self._lock:
+            if self.in_flight >= self.workers + self.limits.max_waiting:
+                raise DecodeBusy(f"{self.in_flight} decodes are already running or waiting")
+            self.in_flight += 1
+        future = pool.schedule(_run_limited, args=(function, args, self.limits.cpu_seconds),
+                               timeout=self.limits.wall_seconds)
+        future.add_done_callback(self._finished)
+        return future
+
+    def _finished(self, _: concurrent.futures.Future[Any]) -> None:
+        with self._lock:
+            self.in_flight -= 1
 
     def _translate(self, exc: BaseException) -> DecodeLimitExceeded | None:
         if isinstance(exc, TimeoutError):
@@ -154,4 +174,5 @@ def shared_pool() -> DecodePool:
     with _shared_lock:
         if _shared is None:
             _shared = DecodePool(workers=min(4, os.cpu_count() or 2))
+            atexit.register(_shared.close)  # no replacement worker is started while the interpreter exits
         return _shared

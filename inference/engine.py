@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inference.batcher import Batcher
-from inference.decode_pool import DecodeLimitExceeded, DecodeLimits, DecodePool
+from inference.batcher import Batcher, QueueFull
+from inference.decode_pool import DecodeBusy, DecodeLimitExceeded, DecodeLimits, DecodePool
 from inference.detectors import Detector, load_detector
 from inference.media import Media, MediaLimits, decode
 from inference.packs import load_pack
@@ -113,6 +113,8 @@ class Engine:
             media = await self.decode_pool.run(decode, data, content_type, self.media_limits, self.target_size)
         except DecodeLimitExceeded as exc:
             media = Media(undecodable=True, reason=str(exc), over_budget=True)
+        except DecodeBusy as exc:  # an overload, like a full batcher queue: the caller sees an outage
+            raise QueueFull(f"decoding: {exc}") from exc
         prepared: list[list[Any]] = []
         if not media.undecodable:
             prepared = await asyncio.get_running_loop().run_in_executor(self._prepare_pool, self._prepare, media)

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.decode_pool import DecodeLimitExceeded, DecodePool, shared_pool
+from inference.decode_pool import DecodeBusy, DecodeLimitExceeded, DecodePool, shared_pool
 from inference.media import MediaLimits, decode
 
 #: PDQ is computed on at most this many pixels per side (it works on a 64x64 downsample anyway): frames are
@@ -65,6 +65,8 @@ class FrameHashes:
     over_budget: bool = False
     #: stopped at the wall-clock limit: may depend on the machine's load, so never cached
     stopped: bool = False
+    #: not hashed because every decode worker was busy (an overload: nothing about the bytes is known)
+    busy: bool = False
 
     @property
     def first(self) -> Pdq | None:
@@ -117,6 +119,8 @@ async def frame_hashes(data: bytes, pool: DecodePool | None = None) -> FrameHash
         return await (pool or shared_pool()).run(frame_hashes_here, data)
     except DecodeLimitExceeded as exc:
         return _stopped(exc)
+    except DecodeBusy as exc:
+        return FrameHashes(False, "none", f"not hashed: {exc}", busy=True)
 
 
 def frame_hashes_sync(data: bytes, pool: DecodePool | None = None) -> FrameHashes:

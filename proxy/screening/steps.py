@@ -94,7 +94,10 @@ class PerceptualMatch:
         self.test_list = test_list
 
     async def decide(self, facts: Facts) -> Decision | None:
-        candidates = await facts.pdq_candidates()
+        frames = await facts.frames()
+        if frames.busy:  # overloaded: nothing is known of the pixels, so nothing lands; pict-rs retries a 503
+            return Decision("refuse", "decode-busy", "", "unavailable", frames.reason, **await facts.base())
+        candidates = frames.candidates()
         if not candidates:
             return None
         match = (self.hashlists.blocked(facts.hashes, candidates)

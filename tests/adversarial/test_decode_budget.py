@@ -24,13 +24,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from inference.batcher import QueueFull
 from inference.client import InferenceClient
-from inference.decode_pool import DecodeLimitExceeded, DecodeLimits, DecodePool
+from inference.decode_pool import DecodeBusy, DecodeLimitExceeded, DecodeLimits, DecodePool, shared_pool
 from inference.engine import Engine
 from inference.media import Media, MediaLimits, decode
 from inference.service import create_inference_app
 from proxy.demo.servers import serve_in_thread
-from proxy.screening.hashlists import HashLists
+from proxy.screening.hashlists import HashLists, builtin_test_list
 from proxy.screening.pipeline import Pipeline
 from proxy.screening.policy import parse_policy
 from proxy.storage.spool import SpooledBody
@@ -118,6 +119,50 @@ def test_a_caller_that_gives_up_kills_the_decode(strict_pool: DecodePool) -> Non
 
     before, after = asyncio.run(give_up())
     assert before != after
+
+
+def test_a_full_queue_is_busy_at_once_not_a_growing_wait() -> None:
+    pool = DecodePool(1, DecodeLimits(wall_seconds=60, max_waiting=1))
+    try:
+        pool.call(worker_pid)
+        waiting = [pool.submit(sleep_for, 30) for _ in range(2)]  # one running, one waiting
+        with pytest.raises(DecodeBusy):
+            pool.submit(worker_pid)
+        for future in waiting:
+            future.cancel()
+        assert pool.call(worker_pid) > 0, "the pool serves again once the queue drains"
+    finally:
+        pool.close()
+
+
+def test_busy_decoders_refuse_the_upload_for_a_retry(test_pack_path: Path) -> None:
+    """The proxy's own decode pool full: the upload is refused (503 SlowDown, pict-rs retries), never landed
+    unhashed; the engine's full decode pool is an outage (QueueFull), never `undecodable`."""
+    from proxy.screening.hashing import frame_hashes_sync
+
+    pool = shared_pool()
+    frame_hashes_sync(photo_png())  # started
+    builtin_test_list()  # the pipeline's own list is hashed before the pool is filled
+    occupied = [pool.submit(sleep_for, 60) for _ in range(pool.workers + pool.limits.max_waiting)]
+    try:
+        decision, calls = decide_with(None, photo_png())
+        assert (decision.action, decision.rule, calls) == ("refuse", "decode-busy", 0)
+    finally:
+        for future in occupied:
+            future.cancel()
+
+    async def engine_busy() -> None:
+        engine = Engine.from_packs([test_pack_path], decode_workers=1, decode_limits=DecodeLimits(max_waiting=0))
+        try:
+            engine.decode_pool.call(worker_pid)
+            held = engine.decode_pool.submit(sleep_for, 60)
+            with pytest.raises(QueueFull):
+                await engine.screen(photo_png(), None)
+            held.cancel()
+        finally:
+            await engine.close()
+
+    asyncio.run(engine_busy())
 
 
 def test_what_slips_past_the_budget_is_stopped_by_the_limits(strict_pool: DecodePool) -> None:
