@@ -30,7 +30,8 @@ def case_list_v1(side: Side) -> None:
     side.call("prefix a/ delimiter /", "list_objects", Bucket=side.bucket(), Prefix="a/", Delimiter="/")
     side.call("page 1 of 3 keys", "list_objects", Bucket=side.bucket(), MaxKeys=3,
               unless={"moto": "moto writes an ETag as NextMarker"})
-    side.call("marker a/2.jpg", "list_objects", Bucket=side.bucket(), Marker="a/2.jpg")
+    side.call("marker a/2.jpg", "list_objects", Bucket=side.bucket(), Marker="a/2.jpg",
+              unless={"moto": "moto does not echo Marker"})
     side.call("page with delimiter", "list_objects", Bucket=side.bucket(), Delimiter="/", MaxKeys=2,
               unless={"moto": "moto ignores max-keys when a delimiter is given"})
     side.call("missing bucket", "list_objects", Bucket=side.bucket() + "-missing")
