@@ -19,7 +19,8 @@ import anyio
 CHUNK_BYTES = 256 * 1024
 
 
-async def build_export(quarantine: Any, item_id: str, *, actor: str, temp_root: str | None) -> tuple[Path, Path]:
+async def build_export(quarantine: Any, item_id: str, *, actor: str, temp_root: str | None,
+                       attribution: Any = None) -> tuple[Path, Path]:
     """(package, its private folder); the folder is already gone if building fails."""
     from proxy.evidence.export import export_item
 
@@ -28,7 +29,7 @@ async def build_export(quarantine: Any, item_id: str, *, actor: str, temp_root: 
     folder = Path(tempfile.mkdtemp(prefix="bucketguard-export-", dir=temp_root or None))  # mode 0700
     out = folder / f"bucketguard-{item_id}.zip"
     try:
-        await export_item(quarantine, item_id, out, actor=actor)
+        await export_item(quarantine, item_id, out, actor=actor, attribution=attribution)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

@@ -32,6 +32,7 @@ from proxy.admin.summary import summary
 from proxy.admin.thumbnails import THUMB_CONCURRENCY, ThumbnailError, thumbnail
 from proxy.config import Config
 from proxy.evidence.quarantine import QuarantineError
+from proxy.integrations.lemmy import attribution_of_item
 from proxy.s3.errors import S3Error
 from proxy.screening.hashing import hamming
 
@@ -237,9 +238,10 @@ def admin_routes(config: Config, quarantine: Any, upstream: Any, db: Any, *,
 
     async def export(request: Request) -> Response:
         item_id = request.path_params["item_id"]
-        await quarantine.get(item_id)  # 404 for an unknown id before anything is written
+        item = await quarantine.get(item_id)  # 404 for an unknown id before anything is written
         package, folder = await build_export(quarantine, item_id, actor=actor(request),
-                                             temp_root=config.limits.spool_dir or None)
+                                             temp_root=config.limits.spool_dir or None,
+                                             attribution=await attribution_of_item(config, quarantine.engine, item))
         return StreamingResponse(
             stream_then_delete(package, folder), media_type="application/zip",
             headers={**NO_STORE, "Content-Disposition": f'attachment; filename="{package.name}"',
@@ -248,6 +250,9 @@ def admin_routes(config: Config, quarantine: Any, upstream: Any, db: Any, *,
 
     async def item_json(request: Request) -> Response:
         item = await quarantine.get(request.path_params["item_id"])
+        attribution = await attribution_of_item(config, quarantine.engine, item)  # [lemmy]: who and where
+        if attribution is not None:
+            item["attribution"] = attribution
         return Response(json.dumps(item, default=str), media_type="application/json", headers=NO_STORE)
 
     def actor(request: Request) -> str:

@@ -179,11 +179,15 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     from proxy.evidence.log import records_for_item
+    from proxy.integrations.lemmy import attribution_of_item
 
     async def gather(quarantine: Quarantine) -> dict[str, Any]:
         item = await quarantine.get(args.item_id)
         item["retained_until"] = quarantine.expires_at(item).strftime("%Y-%m-%dT%H:%M:%SZ")
         item["evidence"] = await records_for_item(quarantine.engine, args.item_id)
+        attribution = await attribution_of_item(load_config(args.config), quarantine.engine, item)
+        if attribution is not None:  # [lemmy] configured: the uploader, and the posts/comments using it
+            item["attribution"] = attribution
         return item
 
     item = run_with_quarantine(args, gather)
@@ -246,10 +250,17 @@ def run_purge(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from proxy.evidence.export import export_item
+    from proxy.integrations.lemmy import attribution_of_item
 
     out = Path(args.out)
-    record = run_with_quarantine(args, lambda q: export_item(
-        q, args.item_id, out, actor=args.actor, record_only=args.record_only))
+    config = load_config(args.config)
+
+    async def export(q: Quarantine) -> dict[str, Any]:
+        attribution = await attribution_of_item(config, q.engine, await q.get(args.item_id))
+        return await export_item(q, args.item_id, out, actor=args.actor, record_only=args.record_only,
+                                 attribution=attribution)
+
+    record = run_with_quarantine(args, export)
     print(f"{args.item_id}: exported to {out} (evidence record {record['seq']})")
     return 0
 

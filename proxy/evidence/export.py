@@ -16,6 +16,7 @@ import mimetypes
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ def _json_bytes(value: Any) -> bytes:
 
 
 async def export_item(quarantine: Quarantine, item_id: str, out: Path, *, actor: str,
-                      record_only: bool = False) -> dict[str, Any]:
+                      record_only: bool = False, attribution: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write the package to ``out`` (atomically); returns the export's evidence record."""
     item = await quarantine.get(item_id)
     if not item["bytes_kept"] and not record_only:
@@ -75,6 +76,8 @@ async def export_item(quarantine: Quarantine, item_id: str, out: Path, *, actor:
             package.writestr("item.json", _json_bytes(await quarantine.get(item_id)))
             package.writestr("evidence.json", _json_bytes(records))
             package.writestr("chain_proof.json", _json_bytes(proof))
+            if attribution is not None:  # who uploaded it and where it is used (proxy/integrations/lemmy.py)
+                package.writestr("attribution.json", _json_bytes(dict(attribution)))
         os.chmod(temp_name, 0o600)
         os.replace(temp_name, out)
     except BaseException:

@@ -154,3 +154,26 @@ async def attribution_for(config: Any, key: str) -> dict[str, Any] | None:
         if purger is not None:
             await purger.close()
         await lemmy.close()
+
+
+async def attribution_of_item(config: Any, engine: Any, item: dict[str, Any]) -> dict[str, Any] | None:
+    """Attribution of a quarantine item: with the aliases its `pictrs-purge` record kept (once pict-rs purged
+    the file they cannot be looked up any more), else resolved now. None when [lemmy] is not configured."""
+    from proxy.evidence.log import records_for_item
+
+    if not config.lemmy.database_url:
+        return None
+    known = [a for r in await records_for_item(engine, item["id"]) if r["event"] == "pictrs-purge"
+             for a in r["detail"].get("aliases", [])]
+    if not known:
+        return await attribution_for(config, item["key"])
+    lemmy = LemmyDatabase.from_config(config.lemmy)
+    assert lemmy is not None
+    try:
+        result = await lemmy.attribute(sorted(set(known)))
+        result["resolved_by"] = "aliases recorded when pict-rs purged the file"
+        return result
+    except Exception as exc:  # informational: a missing Lemmy must not break the caller
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        await lemmy.close()
