@@ -20,6 +20,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from proxy.cli import main
 from proxy.config import load_config
 from proxy.demo.pictrs_client import PictrsClient, PictrsError
 from proxy.screening.testimage import generate_png
@@ -99,19 +100,21 @@ def test_init_then_serve_screens_pictrs_uploads(tmp_path: Path, moto_server_auth
 
 
 @pytest.mark.parametrize("layout", ["single", "gpu", "pull", "compose"])
-def test_each_layout_writes_a_config_the_loader_accepts(layout: str, tmp_path: Path) -> None:
-    run = bucketguard("init", "--dir", str(tmp_path), "--layout", layout, "--offline", "--json",
-                      "--upstream-endpoint", "http://s3.internal:7480", "--upstream-access-key", "proxy",
-                      "--upstream-secret-key", "upstream-secret")
+def test_each_layout_writes_a_config_the_loader_accepts(layout: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
     import onnxruntime
 
-    report = json.loads(run.stdout)
+    status = main(["init", "--dir", str(tmp_path), "--layout", layout, "--offline", "--json",
+                   "--upstream-endpoint", "http://s3.internal:7480", "--upstream-access-key", "proxy",
+                   "--upstream-secret-key", "upstream-secret"])
+    out = capsys.readouterr()
+    report = json.loads(out.out)
     no_cuda = layout == "gpu" and "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
     expected_problems = [p for p in report["problems"] if "inference.provider: 'cuda'" in p] if no_cuda else []
     assert report["problems"] == expected_problems and len(expected_problems) == int(no_cuda)
-    assert run.returncode == int(no_cuda), run.stdout + run.stderr
+    assert status == int(no_cuda), out.out + out.err
     config = load_config(report["config"], environ={})
     expected = {"single": ("in-process", "cpu"), "gpu": ("in-process", "cuda"), "pull": ("pull", "cpu"),
                 "compose": ("remote", "cpu")}[layout]
@@ -126,26 +129,26 @@ def test_each_layout_writes_a_config_the_loader_accepts(layout: str, tmp_path: P
         assert Path(config.quarantine.path).is_dir() and Path(config.limits.spool_dir).is_dir()
 
 
-def test_init_never_overwrites_without_force(tmp_path: Path) -> None:
-    args = ("init", "--dir", str(tmp_path), "--offline", "--upstream-endpoint", "http://127.0.0.1:1")
-    first = bucketguard(*args)
-    assert first.returncode == 0, first.stderr
+def test_init_never_overwrites_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["init", "--dir", str(tmp_path), "--offline", "--upstream-endpoint", "http://127.0.0.1:1"]
+    assert main(args) == 0
     before = (tmp_path / "bucketguard.toml").read_text()
-    again = bucketguard(*args)
-    assert again.returncode == 1 and again.stderr.count("\n") == 1
-    assert "exists: pass --force" in again.stderr and "Traceback" not in again.stderr
+    capsys.readouterr()
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists: pass --force" in err
     assert (tmp_path / "bucketguard.toml").read_text() == before
-    forced = bucketguard(*args, "--force")
-    assert forced.returncode == 0 and (tmp_path / "bucketguard.toml").read_text() != before
+    assert main([*args, "--force"]) == 0 and (tmp_path / "bucketguard.toml").read_text() != before
 
 
-def test_init_refuses_a_bad_bucket_name_and_quotes_dotted_ones(tmp_path: Path) -> None:
-    bad = bucketguard("init", "--dir", str(tmp_path / "a"), "--offline", "--upstream-endpoint", "http://s3:7480",
-                      "--bucket", "Not_A_Bucket")
-    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "--bucket: 'Not_A_Bucket'" in bad.stderr
+def test_init_refuses_a_bad_bucket_name_and_quotes_dotted_ones(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["init", "--offline", "--upstream-endpoint", "http://s3:7480"]
+    assert main([*base, "--dir", str(tmp_path / "a"), "--bucket", "Not_A_Bucket"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--bucket: 'Not_A_Bucket'" in err
     assert not (tmp_path / "a" / "bucketguard.toml").exists()
-    dotted = bucketguard("init", "--dir", str(tmp_path / "b"), "--offline", "--upstream-endpoint", "http://s3:7480",
-                         "--bucket", "media.example.org", "--real-bucket", "real.media")
-    assert dotted.returncode == 0, dotted.stderr
+    assert main([*base, "--dir", str(tmp_path / "b"), "--bucket", "media.example.org",
+                 "--real-bucket", "real.media"]) == 0
     config = load_config(tmp_path / "b" / "bucketguard.toml", environ={})
     assert config.bucket_map == {"media.example.org": "real.media"}
