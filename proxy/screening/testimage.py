@@ -66,7 +66,7 @@ def builtin_hashes() -> tuple[str, str, str]:
 #: Mean absolute difference (0-255 per channel) under which an upload is the test image; see the module docstring.
 ROBUST_MAX_DISTANCE = 20.0
 #: Uploads with more pixels than this are not looked at by the robust matcher (PDQ still is).
-ROBUST_MAX_PIXELS = 40_000_000
+ROBUST_MAX_PIXELS = 16_000_000  # 48 MB of RGB at most, decoded in this process
 _LAYOUT = (16, 12)
 _WORK_SIDE = 256
 _CROP_STEPS = np.linspace(0.0, 0.12, 7)
