@@ -30,6 +30,7 @@ MIB = 1024 * 1024
 KEY, SECRET = "rclone-key", CLIENTS["rclone-key"]
 VENV_BIN = Path(sys.executable).parent
 JS_DIR = Path(__file__).parent / "js"
+pytestmark = pytest.mark.slow  # six clients, each moving 20 MiB twice
 #: General S3 use: bytes that are no media land (pict-rs' default refuses them); no detector rules, so what is
 #: refused is what the built-in steps catch: the test image.
 CLIENT_POLICY = 'on_non_media = "allow"\non_undecodable = "allow"\non_unavailable = "allow"\n'
@@ -172,6 +173,11 @@ def test_awscli(screened_proxy, files, tmp_path: Path) -> None:
     acl = json.loads(run([*aws, "s3api", "get-object-acl", "--bucket", CLIENT_BUCKET, "--key", "cli/small.jpg"],
                          env).stdout)
     assert [grant["Permission"] for grant in acl["Grants"]] == ["FULL_CONTROL"]
+    run([*aws, "s3api", "put-object-tagging", "--bucket", CLIENT_BUCKET, "--key", "cli/small.jpg", "--tagging",
+         '{"TagSet": [{"Key": "state", "Value": "ok"}]}'], env)
+    tags = json.loads(run([*aws, "s3api", "get-object-tagging", "--bucket", CLIENT_BUCKET, "--key", "cli/small.jpg"],
+                          env).stdout)
+    assert tags["TagSet"] == [{"Key": "state", "Value": "ok"}]
     landed(proxy, "cli/small.jpg", files["small"])  # reading the ACL never touched the bytes
     run([*aws, "s3", "cp", f"s3://{CLIENT_BUCKET}/cli/small.jpg", f"s3://{CLIENT_BUCKET}/cli/copy.jpg"], env)
     landed(proxy, "cli/copy.jpg", files["small"])
@@ -245,6 +251,8 @@ def test_s3cmd(screened_proxy, files, tmp_path: Path) -> None:
     assert sha(back.read_bytes()) == sha(files["big"].read_bytes())
     info = run([*s3cmd, "info", f"s3://{CLIENT_BUCKET}/s3cmd/small.jpg"]).stdout
     assert "300000" in info and "ACL:" in info, info
+    bucket_info = run([*s3cmd, "info", f"s3://{CLIENT_BUCKET}"]).stdout
+    assert f"s3://{CLIENT_BUCKET}/" in bucket_info and "Location:" in bucket_info, bucket_info
     landed(proxy, "s3cmd/small.jpg", files["small"])
     run([*s3cmd, "cp", f"s3://{CLIENT_BUCKET}/s3cmd/small.jpg", f"s3://{CLIENT_BUCKET}/s3cmd/copy.jpg"])
     landed(proxy, "s3cmd/copy.jpg", files["small"])
