@@ -96,3 +96,23 @@ def test_clip_rules_on_an_uncalibrated_pack_are_refused(test_pack_path: Path, tm
     assert cli("policy", "check", "--pack", str(calibrated)).returncode == 0
     missing = cli("policy", "check", "--pack", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1
+
+
+def test_config_check_warns_loudly_about_clip_rules_on_an_uncalibrated_pack(test_pack_path: Path,
+                                                                          tmp_path: Path) -> None:
+    from proxy.config import load_config
+    from proxy.setup.checks import notes
+
+    body = ('[[clients]]\naccess_key = "a"\nsecret_key = "b"\n[upstream]\nendpoint = "http://127.0.0.1:9"\n'
+            'access_key = "x"\nsecret_key = "y"\n[upstream.buckets]\nmedia = "real"\n[inference]\n'
+            f'mode = "in-process"\npacks = ["{test_pack_path}"]\n')
+    config = tmp_path / "bucketguard.toml"
+    config.write_text(body)
+    warned = [line for line in notes(load_config(config)) if line.startswith("WARNING")]
+    assert len(warned) == 1 and "rule 'clip-csam'" in warned[0] and "'test'" in warned[0]
+    policy = tmp_path / "policy.toml"
+    policy.write_text('preset = "lenient"\n')
+    config.write_text(body + f'[screening]\npolicy = "{policy}"\n')
+    assert len([line for line in notes(load_config(config)) if line.startswith("WARNING")]) == 1  # preset's rule
+    policy.write_text('[[rule]]\nname = "n"\nwhen = { nsfw = ">= 0.9" }\naction = "flag"\n')
+    assert not [line for line in notes(load_config(config)) if line.startswith("WARNING")]

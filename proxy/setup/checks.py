@@ -182,7 +182,32 @@ def notes(config: Config) -> list[str]:
         out.append("inference.mode: 'none': no detector runs; hash lists and the built-in test image still decide")
     if not config.server.admin_token:
         out.append("server.admin_token: empty, so the review page under /admin/ is off")
+    if config.inference.mode == "in-process":
+        out.extend(calibration_notes(config))
     return out
+
+
+def calibration_notes(config: Config) -> list[str]:
+    """Loud notes for CLIP rules on CLIP packs that are not calibrated for them (unreadable files are
+    `file_problems`' business)."""
+    from inference.detectors.concepts import load_evaluator
+    from inference.packs import PackError, load_pack
+    from proxy.screening.policy import CLIP_PACK_KINDS, PolicyError, calibration_problems, load_policy
+
+    try:
+        policy = load_policy(config.screening.policy or None)
+    except PolicyError:
+        return []
+    packs = []
+    for path in config.inference.packs:
+        try:
+            pack = load_pack(path, verify=False)
+            if pack.kind in CLIP_PACK_KINDS:
+                calibrated = pack.calibrated_for(load_evaluator(pack.table_path("rules")).algorithm)
+                packs.append((pack.name, pack.kind, calibrated))
+        except (PackError, OSError, ValueError, KeyError):
+            continue
+    return [f"WARNING screening.policy: {problem}" for problem in calibration_problems(policy, packs)]
 
 
 async def _database_problems(config: Config) -> list[Problem]:
