@@ -24,34 +24,31 @@ def quarantined(config: Path) -> list[dict]:
 
 
 def test_demo_runs_and_reports(tmp_path: Path) -> None:
-    result = demo("--dir", str(tmp_path / "state"), cwd=tmp_path, env={"COLUMNS": "80"})
+    """Two runs with the default folder: state under $XDG_DATA_HOME, nothing in the working directory, and the
+    second run shows only its own catches."""
+    work = tmp_path / "checkout"
+    work.mkdir()
+    env = {"COLUMNS": "80", "XDG_DATA_HOME": str(tmp_path / "data"), "HOME": str(tmp_path / "home")}
+    result = demo(cwd=work, env=env)
     assert result.returncode == 0, result.stderr
     rows = [line.split("\t") for line in result.stdout.splitlines() if "\t" in line]
     assert rows[0] == ["pict-rs", "key", "type", "bytes", "stored", "read back"]
     assert all(len(row) == 6 for row in rows), "piped, the summary keeps every column whole (no 80-column cut)"
     assert [r[4] for r in rows[1:]].count("landed") == 6 and [r[5] for r in rows[1:]].count("byte-exact") == 6
     assert [r[4] for r in rows[1:]].count("refused (403 AccessDenied)") == 2, result.stdout
-    state = tmp_path / "state"
+    state = tmp_path / "data" / "bucketguard" / "demo"
     assert (state / "bucketguard.toml").exists() and (state / "bucketguard.db").exists()
+    assert list(work.iterdir()) == [], "nothing is written into the working directory"
     first = {i["key"] for i in quarantined(state / "bucketguard.toml")}
     assert len(first) == 2
 
-    again = demo("--dir", str(state), "--json", cwd=tmp_path)
+    again = demo("--dir", str(state), "--json", cwd=work)
     assert again.returncode == 0, again.stderr
     report = json.loads(again.stdout)
     refused = {u["key"] for u in report["uploads"] if u["stored"].startswith("refused")}
     assert {i["key"] for i in quarantined(state / "bucketguard.toml")} == refused, \
         "a second run shows only its own catches, not the first run's (whose S3 server is gone)"
     assert not refused & first
-
-
-def test_demo_state_goes_to_the_xdg_data_folder(tmp_path: Path) -> None:
-    work = tmp_path / "checkout"
-    work.mkdir()
-    result = demo(cwd=work, env={"XDG_DATA_HOME": str(tmp_path / "data"), "HOME": str(tmp_path / "home")})
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "data" / "bucketguard" / "demo" / "bucketguard.toml").exists()
-    assert list(work.iterdir()) == [], "nothing is written into the working directory"
 
 
 def test_demo_never_clears_a_folder_it_did_not_write(tmp_path: Path) -> None:
