@@ -68,16 +68,21 @@ def conformance_proxies(request: pytest.FixtureRequest,
 
 @pytest.fixture(scope="session")
 def conformance_report() -> Iterator[list[str]]:
-    """Collects a markdown item per differing request; written out when the env var names a file."""
+    """Collects a markdown item per differing request; written out when the env var names a file, with
+    the counts of compared cases and requests."""
     items: list[str] = []
     yield items
+    from tests.conformance.harness import STATS
+
     target = os.environ.get("BUCKETGUARD_CONFORMANCE_REPORT")
     if target:
         header = ("# Conformance failures (written by tests/conformance; regenerated on each full run)\n\n"
                   "Each item: a request the upstream alone answers correctly and the proxy answers differently.\n"
                   "Re-run: `BUCKETGUARD_CONFORMANCE_REPORT=/work/notes/conformance_failures.md "
                   ".venv/bin/python -m pytest -q -p no:cacheprovider tests/conformance`\n\n")
-        Path(target).write_text(header + ("\n".join(items) if items else "None: every case matches.\n"))
+        counts = (f"Compared: {STATS['cases']} case runs ({STATS['operations']} operations), {STATS['requests']} "
+                  f"compared outcomes per side (responses and values derived from them), {STATS['differing']} differing.\n\n")
+        Path(target).write_text(header + counts + ("\n".join(items) if items else "None: every case matches.\n"))
 
 
 _counter = iter(range(1, 1_000_000))

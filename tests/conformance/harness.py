@@ -58,6 +58,8 @@ class Case:
 
 
 CASES: list[Case] = []
+#: Counts of the session's comparisons (for the report).
+STATS = {"cases": 0, "operations": 0, "requests": 0, "differing": 0}
 
 
 def case(*operations: str, mode: str = "passthrough", exclude: dict[str, str] | None = None,
@@ -236,9 +238,13 @@ def xml_values(content: bytes, name: str) -> list[str]:
 def differences(upstream: Side, proxy: Side) -> list[tuple[Entry | None, Entry | None]]:
     """The pairs of entries that differ (label or outcome), in order."""
     pairs = []
+    STATS["cases"] += 1
+    STATS["requests"] += len(upstream.transcript)
     for index in range(max(len(upstream.transcript), len(proxy.transcript))):
         left = upstream.transcript[index] if index < len(upstream.transcript) else None
         right = proxy.transcript[index] if index < len(proxy.transcript) else None
         if left is None or right is None or (left.label, left.outcome) != (right.label, right.outcome):
             pairs.append((left, right))
+    STATS["differing"] += len(pairs)
+    STATS["operations"] = len({operation for c in CASES for operation in c.operations})
     return pairs
