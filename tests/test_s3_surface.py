@@ -351,3 +351,30 @@ def test_multipart_errors_in_s3_order(surface, s3) -> None:
     assert (code_of(info), status_of(info)) == ("InvalidRange", 416)
     s3.abort_multipart_upload(Bucket=CLIENT_BUCKET, Key="err/mp", UploadId=upload_id)
     assert surface.upstream_keys(".bucketguard/") == []
+
+
+def test_presigned_urls_v2_and_v4(surface, s3) -> None:
+    """boto3's default presigned URL (SigV2 query form) works; expiry and tampering answer as S3 does."""
+    s3.put_object(Bucket=CLIENT_BUCKET, Key="pre/k", Body=b"presigned bytes")
+    v2 = surface.client()  # no signature_version: boto3 presigns with SigV2
+    url = v2.generate_presigned_url("get_object", Params={"Bucket": CLIENT_BUCKET, "Key": "pre/k"})
+    assert "AWSAccessKeyId=" in url
+    got = httpx.get(url)
+    assert got.content == b"presigned bytes", got.text
+    assert httpx.get(url.replace("pre/k", "pre/other")).status_code == 403
+    expired = v2.generate_presigned_url("get_object", Params={"Bucket": CLIENT_BUCKET, "Key": "pre/k"},
+                                        ExpiresIn=-10)
+    answer = httpx.get(expired)
+    assert answer.status_code == 403 and b"expired" in answer.content
+    put_url = v2.generate_presigned_url("put_object", Params={"Bucket": CLIENT_BUCKET, "Key": "pre/put"})
+    assert httpx.put(put_url, content=b"uploaded").status_code == 200
+    assert surface.upstream.get(surface.real_bucket, "pre/put") == b"uploaded"
+    refused = httpx.put(put_url, content=b"FORBIDDEN inside")
+    assert refused.status_code == 403
+    assert surface.upstream.get(surface.real_bucket, "pre/put") == b"uploaded"
+
+    v4 = surface.client(signature_version="s3v4")
+    for expires in (8 * 24 * 3600, -5):
+        too_long = v4.generate_presigned_url("get_object", Params={"Bucket": CLIENT_BUCKET, "Key": "pre/k"},
+                                             ExpiresIn=expires)
+        assert httpx.get(too_long).status_code == 403

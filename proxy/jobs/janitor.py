@@ -59,6 +59,10 @@ class Janitor:
         self.interval_s = interval_s
         self.age = timedelta(seconds=age_s)
         self._task: asyncio.Task[None] | None = None
+        #: When this janitor first saw each unowned staging object or upstream upload. Upstream dates alone
+        #: are not trusted (some servers report a fixed Initiated date), and an upload is created upstream a
+        #: moment before its row: nothing is removed before this process has seen it unowned for `age`.
+        self._first_seen: dict[tuple[str, str, str], datetime] = {}
 
     async def run_once(self) -> JanitorRound:
         done = JanitorRound()
@@ -78,23 +82,37 @@ class Janitor:
             log.info("janitor round", extra={"fields": vars(done)})
         return done
 
+    def _unowned_long_enough(self, ident: tuple[str, str, str], upstream_date: datetime, cutoff: datetime,
+                             seen: set[tuple[str, str, str]]) -> bool:
+        seen.add(ident)
+        first = self._first_seen.setdefault(ident, datetime.now(UTC))
+        return upstream_date < cutoff and first < cutoff
+
     async def _sweep(self, bucket: str, cutoff: datetime, done: JanitorRound) -> None:
-        in_use = await self.uploads.staging_keys_in_use(bucket)
+        objects: list[dict[str, Any]] = []
         token = ""
         while True:
             page = await self.upstream.list_objects_v2(bucket, prefix=self.staging_prefix, continuation_token=token)
-            for item in page.objects:
-                if item["Key"] not in in_use and item["LastModified"] < cutoff:
-                    await self.upstream.delete_object(bucket, item["Key"])
-                    done.orphans_deleted += 1
+            objects.extend(page.objects)
             if not page.is_truncated or not page.next_token:
                 break
             token = page.next_token
-        for item in await self.upstream.list_multipart_uploads(bucket, self.staging_prefix):
-            if item["Key"] not in in_use and item["Initiated"] < cutoff:
+        uploads = await self.upstream.list_multipart_uploads(bucket, self.staging_prefix)
+        in_use = await self.uploads.staging_keys_in_use(bucket)  # after the listings: rows precede objects
+        seen: set[tuple[str, str, str]] = set()
+        for item in objects:
+            ident = (bucket, item["Key"], "")
+            if item["Key"] not in in_use and self._unowned_long_enough(ident, item["LastModified"], cutoff, seen):
+                await self.upstream.delete_object(bucket, item["Key"])
+                done.orphans_deleted += 1
+        for item in uploads:
+            ident = (bucket, item["Key"], item["UploadId"])
+            if item["Key"] not in in_use and self._unowned_long_enough(ident, item["Initiated"], cutoff, seen):
                 with contextlib.suppress(S3Error):
                     await self.upstream.abort_multipart_upload(bucket, item["Key"], item["UploadId"])
                     done.upstream_uploads_aborted += 1
+        for ident in [i for i in self._first_seen if i[0] == bucket and i not in seen]:
+            del self._first_seen[ident]  # gone or owned again: forget it
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop())

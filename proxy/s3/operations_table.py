@@ -23,6 +23,7 @@ PLAIN_PARAMETERS = frozenset({
     "part-number-marker", "x-id", "allow-unordered", "optional-object-attributes",
     "response-content-type", "response-content-language", "response-expires", "response-cache-control",
     "response-content-disposition", "response-content-encoding",
+    "AWSAccessKeyId", "Expires", "Signature",  # a SigV2 presigned URL's own
 })
 
 

@@ -22,6 +22,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest, HTTPHeaders
 from botocore.credentials import Credentials
 
+from proxy.s3 import sigv2
 from proxy.s3.errors import S3Error
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -216,8 +217,13 @@ def verify(
         return _verify_presigned(method, raw_path, raw_query, query, header_map, secrets=secrets, region=region,
                                  now=now, max_skew_s=max_skew_s, max_expires_s=max_expires_s,
                                  session_tokens=session_tokens)
-    if "Signature" in query and "AWSAccessKeyId" in query:
-        raise S3Error("AccessDenied", "Signature version 2 is not supported; sign requests with SigV4.")
+    if "Signature" in query and "AWSAccessKeyId" in query:  # boto3's default presigned URL
+        access_key = sigv2.verify_presigned(method, raw_path, raw_query, query, header_map, secrets=secrets,
+                                            now=now, max_expires_s=max_expires_s)
+        if session_tokens is not None and session_tokens(access_key):
+            _check_token(query.get("x-amz-security-token", ""), True, access_key, session_tokens)
+        return AuthContext(access_key, region, now.strftime(AMZ_DATE_FORMAT), "", b"", "", UNSIGNED_PAYLOAD,
+                           True)
     authorization = header_map.get("authorization")
     if not authorization:
         raise S3Error("AccessDenied", "Anonymous access is not allowed; sign requests with SigV4.")
