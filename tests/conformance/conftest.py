@@ -81,7 +81,8 @@ def conformance_report() -> Iterator[list[str]]:
                   "Re-run: `BUCKETGUARD_CONFORMANCE_REPORT=/work/notes/conformance_failures.md "
                   ".venv/bin/python -m pytest -q -p no:cacheprovider tests/conformance`\n\n")
         counts = (f"Compared: {STATS['cases']} case runs ({STATS['operations']} operations), {STATS['requests']} "
-                  f"compared outcomes per side (responses and values derived from them), {STATS['differing']} differing.\n\n")
+                  "outcomes per side (responses and values derived from them), "
+                  f"{STATS['differing']} differing.\n\n")
         Path(target).write_text(header + counts + ("\n".join(items) if items else "None: every case matches.\n"))
 
 
