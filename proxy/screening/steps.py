@@ -11,6 +11,7 @@ import logging
 from typing import Any, Protocol
 
 from inference.client import OUTAGES
+from inference.decode_pool import DecodeBusy, DecodeLimitExceeded, shared_pool
 from proxy.screening.cache import CachedScan, VerdictCache
 from proxy.screening.facts import MAX_DETECTOR_BYTES, Decision, Facts
 from proxy.screening.hashlists import HashList, HashLists, Match
@@ -100,9 +101,12 @@ class PerceptualMatch:
         candidates = frames.candidates()
         if not candidates:
             return None
-        match = (self.hashlists.blocked(facts.hashes, candidates)
-                 or self.test_list.match_pdq(candidates, self.hashlists.pdq_max_distance)
-                 or await self._robust_test_image(facts))
+        try:
+            match = (self.hashlists.blocked(facts.hashes, candidates)
+                     or self.test_list.match_pdq(candidates, self.hashlists.pdq_max_distance)
+                     or await self._robust_test_image(facts))
+        except DecodeBusy as exc:
+            return Decision("refuse", "decode-busy", "", "unavailable", f"not matched: {exc}", **await facts.base())
         if match is None:
             return None
         return list_decision(match, await facts.base(), self.test_list)
@@ -114,7 +118,10 @@ class PerceptualMatch:
         data = await facts.data()
         if data is None or not frames.decodable or frames.over_budget or frames.kind != "image":
             return None
-        distance = await asyncio.to_thread(robust_test_image, data)
+        try:  # decoded again, so in a killable worker process like every decode of upload bytes
+            distance = await shared_pool().run(robust_test_image, data)
+        except DecodeLimitExceeded:
+            return None
         return None if distance is None else Match(self.test_list.name, "layout", f"{distance:.2f}", TEST_CATEGORY)
 
 
