@@ -3,6 +3,8 @@ checks, back-off: `inference.fleet.EndpointPool`), a retry on another endpoint, 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 
 import httpx
@@ -27,14 +29,18 @@ class InferenceClient:
     """Same `screen()` interface as the in-process Engine."""
 
     def __init__(self, endpoints: Sequence[str], token: str, *, timeout_s: float = 20.0, retries: int = 1,
-                 cooldown_s: float = 5.0, backoff_s: float = 0.5) -> None:
-        """`backoff_s`: the first back-off of an endpoint that failed, doubled per failure up to `cooldown_s`."""
+                 cooldown_s: float = 5.0, backoff_s: float = 0.5, probe_interval_s: float = 2.0) -> None:
+        """`backoff_s`: the first back-off of an endpoint that failed, doubled per failure up to `cooldown_s`;
+        while one is backing off, its /healthz is probed in the background at most every `probe_interval_s`."""
         if not endpoints:
             raise ValueError("at least one inference endpoint is needed")
         self.pool = EndpointPool(endpoints, base_backoff_s=backoff_s, max_backoff_s=cooldown_s)
         self.endpoints = self.pool.urls
         self.retries = retries
         self.cooldown_s = cooldown_s
+        self.probe_interval_s = probe_interval_s
+        self._last_probe = 0.0
+        self._probe: asyncio.Task[None] | None = None
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 3.0)),
                                          headers={"Authorization": f"Bearer {token}"},
                                          limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
@@ -43,7 +49,15 @@ class InferenceClient:
         """Bring endpoints in back-off back early when their /healthz answers (call it from a background task)."""
         await self.pool.check_health(self._client)
 
+    def _maybe_probe(self) -> None:
+        now = time.monotonic()
+        if (now - self._last_probe >= self.probe_interval_s and (self._probe is None or self._probe.done())
+                and self.pool.backing_off()):
+            self._last_probe = now
+            self._probe = asyncio.create_task(self.check_health())
+
     async def screen(self, data: bytes, content_type: str | None = None) -> ScreenResult:
+        self._maybe_probe()
         errors: list[str] = []
         tried: set[int] = set()
         for _ in range(self.retries + 1):
@@ -75,4 +89,6 @@ class InferenceClient:
         raise InferenceUnavailable("no inference endpoint answered: " + "; ".join(errors))
 
     async def close(self) -> None:
+        if self._probe is not None:
+            await asyncio.gather(self._probe, return_exceptions=True)
         await self._client.aclose()

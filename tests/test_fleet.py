@@ -117,8 +117,13 @@ def test_a_dead_endpoint_backs_off_and_comes_back_after_a_health_check(test_pack
                 state = client.pool.states[0]
                 assert state.failures == 1 and client.pool.backing_off() == [0]  # tried once, then left alone
                 revived = await asyncio.to_thread(Server, test_pack_path, port=dead_port)
-                await client.check_health()
-                assert client.pool.backing_off() == []
+                client._last_probe = 0.0  # as if probe_interval_s had passed
+                await client.screen(png((9, 9, 9)), "image/png")  # starts a background probe of /healthz
+                for _ in range(100):
+                    if not client.pool.backing_off():
+                        break
+                    await asyncio.sleep(0.05)
+                assert client.pool.backing_off() == []  # back long before its 30 s back-off ends
                 results = await asyncio.gather(*(client.screen(png((i, 20, 30)), "image/png") for i in range(8)))
                 assert Counter(r.decided_by for r in results)[dead] >= 2
                 revived.stop()
