@@ -196,7 +196,8 @@ def test_login_throttle_window() -> None:
 
 
 async def test_thumbnails_stay_bounded_in_memory(tmp_path: Path) -> None:
-    """A 45 MiB object is spooled to disk past 1 MiB, and a huge canvas is refused before any pixel is decoded."""
+    """A 45 MiB object is spooled to disk past 1 MiB, reading stops at 64 MiB, and a huge canvas is refused before
+    any pixel is decoded."""
     async def stream(total: int):
         block = bytes(1024 * 1024)
         for _ in range(total // len(block)):
@@ -207,6 +208,9 @@ async def test_thumbnails_stay_bounded_in_memory(tmp_path: Path) -> None:
         assert body.size == 45 * 1024 * 1024 and not body.in_memory
     finally:
         body.close()
+    with pytest.raises(thumbnails.ThumbnailError, match="too large for a thumbnail"):
+        await thumbnails.spool(stream(thumbnails.THUMB_MAX_BYTES + 1024 * 1024), max_bytes=1 << 40,
+                               spool_dir=str(tmp_path))
     buffer = io.BytesIO()
     Image.new("L", (8000, 8000)).save(buffer, "PNG")  # a few KB on disk, 64 megapixels decoded
     huge = SpooledBody.from_bytes(buffer.getvalue())

@@ -29,7 +29,7 @@ from proxy.admin.exporting import build_export, stream_then_delete
 from proxy.admin.federation import federation_routes
 from proxy.admin.sessions import LoginThrottle, Sessions
 from proxy.admin.summary import summary
-from proxy.admin.thumbnails import THUMB_CONCURRENCY, ThumbnailError, thumbnail
+from proxy.admin.thumbnails import THUMB_CONCURRENCY, THUMB_MAX_BYTES, ThumbnailError, thumbnail
 from proxy.config import Config
 from proxy.evidence.quarantine import QuarantineError
 from proxy.integrations.lemmy import attribution_of_item
@@ -160,6 +160,8 @@ def admin_routes(config: Config, quarantine: Any, upstream: Any, db: Any, *,
         return None
 
     async def picture(item: dict[str, Any], *, reveal: bool) -> Response:
+        if item["size"] > THUMB_MAX_BYTES:
+            return _text(f"{item['size']} bytes: too large for a thumbnail (export the item to see it)", 415)
         chunks = item_chunks(item)
         if chunks is None:
             return _text("no bytes for this item", 404)

@@ -1,9 +1,10 @@
 """Thumbnails for the review page, bounded in memory whatever the object's size.
 
-The object is streamed into a spooled body (1 MiB in memory, the rest in a temporary file) instead of being
-read whole, the image header is read before any pixel, JPEGs are decoded at a reduced scale (`draft`), and
-an image whose (reduced) canvas exceeds the pixel budget is refused without decoding. Decoding runs in a
-thread, at most `THUMB_CONCURRENCY` at a time, so a page of large items cannot pile up decodes.
+The object is streamed into a spooled body (1 MiB in memory, the rest in a temporary file, 64 MiB read at
+most) instead of being read whole into memory; the image header is read before any pixel, JPEGs are decoded
+at a reduced scale (`draft`), and an image whose (reduced) canvas exceeds the pixel budget is refused without
+decoding. Decoding runs in a thread, at most `THUMB_CONCURRENCY` at a time, so a page of large items cannot
+pile up decodes.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from collections.abc import AsyncIterator
 
 from PIL import Image, ImageFilter, ImageOps
 
-from proxy.storage.spool import SpooledBody
+from proxy.storage.spool import BodyTooLarge, SpooledBody
 
 THUMB_SIDE = 224
 #: Canvas pixels decoded for one thumbnail at most (after JPEG draft scaling): about 75 MB as RGB.
 THUMB_MAX_PIXELS = 25_000_000
 THUMB_MEMORY_BYTES = 1024 * 1024
+#: Bytes read for one thumbnail at most (spooled to disk past THUMB_MEMORY_BYTES); larger items are exported.
+THUMB_MAX_BYTES = 64 * 1024 * 1024
 #: Thumbnails decoded at once (the caller owns the semaphore, made in the server's event loop).
 THUMB_CONCURRENCY = 2
 
@@ -30,10 +33,15 @@ class ThumbnailError(ValueError):
 
 async def spool(chunks: AsyncIterator[bytes], *, max_bytes: int, spool_dir: str | None) -> SpooledBody:
     """The object's bytes, at most THUMB_MEMORY_BYTES of them in memory."""
-    body = SpooledBody(memory_limit=THUMB_MEMORY_BYTES, max_bytes=max(max_bytes, 1), spool_dir=spool_dir)
+    body = SpooledBody(memory_limit=THUMB_MEMORY_BYTES, max_bytes=max(min(max_bytes, THUMB_MAX_BYTES), 1),
+                       spool_dir=spool_dir)
     try:
         async for chunk in chunks:
             await body.write(chunk)
+    except BodyTooLarge as exc:
+        body.close()
+        raise ThumbnailError(f"over {THUMB_MAX_BYTES // (1024 * 1024)} MiB: too large for a thumbnail "
+                             "(export the item to see it)") from exc
     except BaseException:
         body.close()
         raise
