@@ -44,6 +44,8 @@ def test_quarantine_bucket_is_invisible_and_untouchable(kind: str, request: pyte
         "DeleteObject": lambda: s3.delete_object(Bucket=hidden, Key="items/evidence.jpg"),
         "DeleteObjects": lambda: s3.delete_objects(Bucket=hidden, Delete={"Objects": [{"Key": "items/evidence.jpg"}]}),
         "DeleteBucket": lambda: s3.delete_bucket(Bucket=hidden),
+        "CreateBucket": lambda: s3.create_bucket(Bucket=hidden),
+        "GetBucketAcl": lambda: s3.get_bucket_acl(Bucket=hidden),
         "GetObjectAcl": lambda: s3.get_object_acl(Bucket=hidden, Key="items/evidence.jpg"),
         "PutObjectTagging": lambda: s3.put_object_tagging(Bucket=hidden, Key="items/evidence.jpg",
                                                           Tagging={"TagSet": [{"Key": "a", "Value": "b"}]}),
