@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from starlette.responses import Response
 
+from proxy.front.bodies import check_content_encoding
 from proxy.front.calls import (
     STAGING_PREFIX,
     Call,
@@ -72,6 +73,7 @@ class MultipartOperations(Handlers):
         return self.config.limits.multipart_lease_s
 
     async def create_multipart_upload(self, call: Call) -> Response:
+        check_content_encoding(call.headers)  # the landed object's encoding is set here, not on the parts
         key = call.key or ""
         content_type, metadata, extra = stored_headers(call)
         upload_id = new_upload_id()

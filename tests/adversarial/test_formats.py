@@ -233,18 +233,14 @@ def test_gzip_content_encoding_is_refused_before_anything_lands(guarded: Running
     assert not any(key.startswith("encoded/") for key in caught(guarded))
 
 
-def test_a_gzip_multipart_upload_does_not_land(guarded: RunningProxy) -> None:
-    """CreateMultipartUpload carries the encoding, not the parts: the assembled gzip bytes are no media, and
-    the shipped `on_non_media = "reject"` keeps them out (nothing in the bucket, staging included)."""
+def test_a_gzip_multipart_upload_is_refused_at_create(guarded: RunningProxy) -> None:
+    """CreateMultipartUpload carries the landed object's encoding (the parts do not): refused there."""
     s3 = guarded.client()
-    upload = s3.create_multipart_upload(Bucket=CLIENT_BUCKET, Key="encoded/multipart", ContentType="image/png",
-                                        ContentEncoding="gzip")
-    part = s3.upload_part(Bucket=CLIENT_BUCKET, Key="encoded/multipart", UploadId=upload["UploadId"],
-                          PartNumber=1, Body=gzipped(generate_test_png()))
     with pytest.raises(botocore.exceptions.ClientError) as info:
-        s3.complete_multipart_upload(Bucket=CLIENT_BUCKET, Key="encoded/multipart", UploadId=upload["UploadId"],
-                                     MultipartUpload={"Parts": [{"ETag": part["ETag"], "PartNumber": 1}]})
-    assert info.value.response["Error"]["Code"] in ("AccessDenied", "InvalidArgument")
+        s3.create_multipart_upload(Bucket=CLIENT_BUCKET, Key="encoded/multipart", ContentType="image/png",
+                                   ContentEncoding="gzip")
+    assert info.value.response["Error"]["Code"] == "InvalidArgument"
+    assert guarded.upstream.multipart_uploads(guarded.real_bucket) == []
     bucket_holds_only_benign(guarded)
 
 
