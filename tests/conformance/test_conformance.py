@@ -58,7 +58,29 @@ def test_proxy_answers_as_the_upstream(conformance_case: Case, kind: str, reques
     direct, through = make_sides(kind, conformance_case.mode, upstream, proxy, conformance_case.buckets)
     conformance_case.run(direct)
     conformance_case.run(through)
+    assert direct.transcript, "the case compared nothing"
     pairs = differences(direct, through)
     if pairs:
         conformance_report.append(describe(conformance_case, kind, pairs))
     assert not pairs, describe(conformance_case, kind, pairs)
+
+
+def test_the_harness_sees_a_difference(moto_server_auth) -> None:
+    """Guard against a comparison that cannot fail: two sides straight to moto whose buckets hold different
+    bytes under one key must differ in the GET's body (and only there: bucket names and volatile fields are
+    masked)."""
+    from tests.conformance.harness import Side
+
+    admin = moto_server_auth.client()
+    sides = []
+    for role, body in (("upstream", b"one"), ("proxy", b"two")):
+        bucket = f"cf-harness-{role}"
+        admin.create_bucket(Bucket=bucket)
+        side = Side(role, "moto", moto_server_auth.endpoint, moto_server_auth.access_key, moto_server_auth.secret_key,
+                    {"a": bucket})
+        side.s3.put_object(Bucket=bucket, Key="k", Body=body)
+        side.call("get", "get_object", Bucket=bucket, Key="k", keep=("Body", "ContentLength", "status"))
+        side.call("head missing", "head_object", Bucket=bucket, Key="missing")
+        sides.append(side)
+    pairs = differences(*sides)
+    assert [(left.label, left.outcome["Body"] != right.outcome["Body"]) for left, right in pairs] == [("get", True)]
