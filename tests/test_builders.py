@@ -160,11 +160,14 @@ def test_int8_variants_are_checked_checksummed_and_change_no_verdict(tmp_path: P
 
     pack = load_pack(nsfw_age.build(tmp_path / "p", int8=True))
     report = pack.source["int8"]
-    assert report["used"] and report["refused"] == [] and report["check_images"] == 12
-    for role in ("nsfw", "age"):
+    assert report["used"] and report["check_images"] == 12
+    assert "nsfw" in report["models"]  # ~2.4x faster here and well within tolerance
+    for role in pack.models:
         variant = pack.int8_path(role)
-        assert variant is not None and pack.files[variant.name] == sha256_file(variant)
-    assert pack.int8_path("parts") is None  # NudeNet stays fp32
+        if role in report["models"]:
+            assert variant is not None and pack.files[variant.name] == sha256_file(variant)
+        else:  # slower, or moved a signal too far (NudeNet loses a face): not listed, not left in the pack
+            assert variant is None and not list(pack.path.glob(pack.models[role].file.replace(".onnx", ".int8.*")))
     for name, gap in report["max_difference"].items():
         assert gap <= int8.TOLERANCE[name], (name, gap)
     from inference.detectors import load_detector
