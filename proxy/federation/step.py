@@ -62,7 +62,6 @@ class PeerAttestations:
         self.rules = rules
         self.pdq_max_distance = pdq_max_distance
         self.index = PdqIndex()
-        self.decisions = 0
         self._verified: set[tuple[str, str, str]] = set()
         self._keys: dict[str, PublicKey] = {}
 
@@ -110,7 +109,6 @@ class PeerAttestations:
         judgement = judge(rows, self.policy, self.rules, sha256=facts.hashes.sha256)
         if judgement is None:
             return None
-        self.decisions += 1
         base: dict[str, Any] = await facts.base()
         return Decision(judgement.action, judgement.rule, judgement.category, self.name, judgement.reason,
                         judgement.signals, match={"federation": judgement.sources}, packs=judgement.packs,
