@@ -113,7 +113,8 @@ def run_info(args: argparse.Namespace) -> int:
                 ("file", spec.file), ("input", spec.input), ("outputs", ", ".join(spec.outputs)),
                 ("size", f"{spec.size[0]}x{spec.size[1]}"), ("layout", spec.layout), ("colour", spec.colour),
                 ("scale", f"{spec.scale:g}"), ("mean", " ".join(f"{v:g}" for v in spec.mean)),
-                ("std", " ".join(f"{v:g}" for v in spec.std)), ("fp16 variant", spec.fp16_file or "none")):
+                ("std", " ".join(f"{v:g}" for v in spec.std)), ("fp16 variant", spec.fp16_file or "none"),
+                ("int8 variant", spec.int8_file or "none"), ("KServe v2 name", pack.model_name(role))):
             table.add_row(field, value)
         console.print(table)
     if pack.tables:
