@@ -63,7 +63,7 @@ def case_list_v2(side: Side) -> None:
         side.call("page 2", "list_objects_v2", Bucket=side.bucket(), MaxKeys=5,
                   ContinuationToken=first["NextContinuationToken"])
     side.call("fetch-owner", "list_objects_v2", Bucket=side.bucket(), Prefix="top", FetchOwner=True,
-              keep=("KeyCount", "status"))
+              keep=("KeyCount", "Contents", "status"))
     for encoding in ("", "&encoding-type=url"):
         side.raw(f"v2 xml ünï {encoding or 'plain'}", "GET", side.bucket(),
                  query=f"list-type=2&prefix={quote('ünï/', safe='')}{encoding}", fields=V2_FIELDS,

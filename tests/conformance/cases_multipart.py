@@ -36,6 +36,10 @@ def _two_part_upload(side: Side, key: str) -> None:
     parts = [_part(side, key, upload, 1, PART1), _part(side, key, upload, 2, PART2)]
     side.call("list parts", "list_parts", Bucket=side.bucket(), Key=side.key(key), UploadId=upload,
               keep=("Parts", "IsTruncated", "Key", "status"))
+    side.call("list parts, one per page", "list_parts", Bucket=side.bucket(), Key=side.key(key), UploadId=upload,
+              MaxParts=1, keep=("Parts", "IsTruncated", "NextPartNumberMarker", "MaxParts", "status"))
+    side.call("list parts after part 1", "list_parts", Bucket=side.bucket(), Key=side.key(key), UploadId=upload,
+              PartNumberMarker=1, keep=("Parts", "IsTruncated", "PartNumberMarker", "status"))
     side.call("list uploads", "list_multipart_uploads", Bucket=side.bucket(), Prefix=side.key(""),
               keep=("Uploads", "status"))
     _complete(side, "complete", key, upload, parts)

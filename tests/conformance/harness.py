@@ -36,11 +36,22 @@ VOLATILE = frozenset({
 })
 #: Identities: present where S3 writes them, but the proxy's own multipart state names its client.
 OWNERS = frozenset({"Owner", "Initiator"})
-#: Response fields an upstream leaves out where S3 writes them, per boto3 operation (compared elsewhere).
+#: Response fields an upstream leaves out where S3 writes them, per boto3 operation, at any depth of the
+#: response (compared on the other upstream).
 UPSTREAM_GAPS = {
     # Ceph 16 has no flexible checksums: it neither verifies nor echoes x-amz-checksum-* (S3 and the proxy do).
     "rgw": {"put_object": ("ChecksumCRC32", "ChecksumSHA256"), "upload_part": ("ChecksumCRC32",)},
+    # moto writes no ChecksumAlgorithm in v1 listings and does not echo a v2 ContinuationToken (S3 does both).
+    "moto": {"list_objects": ("ChecksumAlgorithm",), "list_objects_v2": ("ContinuationToken",)},
 }
+
+
+def _without(value: Any, keys: tuple[str, ...]) -> Any:
+    if isinstance(value, dict):
+        return {k: _without(v, keys) for k, v in value.items() if k not in keys}
+    if isinstance(value, list):
+        return [_without(v, keys) for v in value]
+    return value
 MULTIPART_ETAG = re.compile(r'^("?)[0-9a-f]{32}-(\d+)("?)$')
 
 
@@ -160,9 +171,10 @@ class Side:
             self.record(label, request, {"status": meta.get("HTTPStatusCode"),
                                          "code": error.response.get("Error", {}).get("Code")})
             return None
-        ignored = (*(ignore or {}).get(self.kind, ()), *UPSTREAM_GAPS.get(self.kind, {}).get(operation, ()))
+        ignored = (ignore or {}).get(self.kind, ())
         outcome = {k: v for k, v in response.items()
                    if k != "ResponseMetadata" and (keep is None or k in keep) and k not in ignored}
+        outcome = _without(outcome, UPSTREAM_GAPS.get(self.kind, {}).get(operation, ()))
         if "Body" in outcome:
             outcome["Body"] = response["Body"].read()
             response["Body"] = outcome["Body"]
