@@ -121,7 +121,7 @@ class BucketOperations(Handlers):
             fetch_owner=owners)
         objects = [listings.ListedObject(o["Key"], o["LastModified"], o["ETag"], int(o["Size"]),
                                     o.get("StorageClass") or "STANDARD", _owner(o) if owners else None,
-                                    tuple(o.get("ChecksumAlgorithm") or ()))
+                                    tuple(o.get("ChecksumAlgorithm") or ()) if v2 else ())
                    for o in page.objects if not o["Key"].startswith(INTERNAL_PREFIX)]
         prefixes = [p for p in page.common_prefixes if not p.startswith(INTERNAL_PREFIX)]
         if v2:

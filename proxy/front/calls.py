@@ -36,7 +36,8 @@ STORED_HEADERS = (("cache-control", "CacheControl"), ("content-disposition", "Co
                   ("x-amz-website-redirect-location", "WebsiteRedirectLocation"), ("x-amz-acl", "ACL"),
                   ("x-amz-grant-read", "GrantRead"), ("x-amz-grant-read-acp", "GrantReadACP"),
                   ("x-amz-grant-write-acp", "GrantWriteACP"), ("x-amz-grant-full-control", "GrantFullControl"),
-                  ("x-amz-server-side-encryption", "ServerSideEncryption"))
+                  ("x-amz-server-side-encryption", "ServerSideEncryption"),
+                  ("x-amz-checksum-algorithm", "ChecksumAlgorithm"))
 #: Checksum algorithms (x-amz-checksum-<name>) passed on to the upstream, which stores and checks them too.
 CHECKSUM_PARAMETERS = {"crc32": "ChecksumCRC32", "crc32c": "ChecksumCRC32C", "sha1": "ChecksumSHA1",
                        "sha256": "ChecksumSHA256"}
@@ -181,9 +182,15 @@ class Handlers:
 
 
 def checksum_parameters(echo: dict[str, str]) -> dict[str, str]:
-    """The botocore parameter that passes a verified checksum on to the upstream."""
-    return {CHECKSUM_PARAMETERS[name[len("x-amz-checksum-"):]]: value for name, value in echo.items()
-            if name[len("x-amz-checksum-"):] in CHECKSUM_PARAMETERS}
+    """The botocore parameters that pass a verified checksum on to the upstream (value and algorithm: some
+    servers store a checksum only when the algorithm is named too)."""
+    params: dict[str, str] = {}
+    for name, value in echo.items():
+        algorithm = name[len("x-amz-checksum-"):]
+        if algorithm in CHECKSUM_PARAMETERS:
+            params[CHECKSUM_PARAMETERS[algorithm]] = value
+            params["ChecksumAlgorithm"] = algorithm.upper()
+    return params
 
 
 async def checksum_echo(call: Call, body: SpooledBody) -> dict[str, str]:
