@@ -14,11 +14,6 @@ from typing import Any
 
 from proxy.s3.errors import S3Error
 
-#: Defaults for [limits] max_header_bytes / max_header_count: S3 allows 8 KiB of user metadata; SigV4
-#: presigned URLs and the usual headers fit well inside 64 KiB and 100 lines.
-MAX_HEADER_BYTES = 64 * 1024
-MAX_HEADER_COUNT = 100
-
 
 def _refusal(max_bytes: int) -> bytes:
     body = S3Error("RequestHeaderSectionTooLarge",
@@ -68,8 +63,9 @@ def bounded_protocol(max_header_bytes: int, max_header_count: int) -> type:
     return BoundedHttpToolsProtocol
 
 
-def uvicorn_options(max_header_bytes: int = MAX_HEADER_BYTES, max_header_count: int = MAX_HEADER_COUNT) -> dict:
-    """uvicorn.Config/run keyword arguments: the fastest loop and parser installed, the head bounded."""
+def uvicorn_options(max_header_bytes: int, max_header_count: int) -> dict:
+    """uvicorn.Config/run keyword arguments: the fastest loop and parser installed, the head bounded
+    ([limits] max_header_bytes and max_header_count)."""
     options: dict[str, Any] = {"loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"}
     if importlib.util.find_spec("httptools"):
         options["http"] = bounded_protocol(max_header_bytes, max_header_count)
