@@ -10,6 +10,7 @@ ConvInteger, which ONNX Runtime's CPU provider runs slower than fp32. Models ops
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -55,8 +56,14 @@ def quantize(source: Path, destination: Path, input_name: str, calibration: Sequ
         upgraded, prepared = Path(scratch) / "upgraded.onnx", Path(scratch) / "prepared.onnx"
         onnx.save(model, str(upgraded))
         quant_pre_process(str(upgraded), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(destination), Reader(), quant_format=QuantFormat.QOperator,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # the quantiser logs a warning per integer shape tensor it leaves alone
+        try:
+            quantize_static(str(prepared), str(destination), Reader(), quant_format=QuantFormat.QOperator,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        finally:
+            root.setLevel(level)
     return destination
 
 
