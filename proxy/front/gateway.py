@@ -57,8 +57,9 @@ class AppState:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-#: errno values of a full disk (spool or quarantine): the client should retry later, nothing has landed.
-DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+#: errno values of a full disk (spool or quarantine), a quota or a file-size limit reached: the client should
+#: retry later, nothing has landed.
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def _has_body(headers: Any) -> bool:
