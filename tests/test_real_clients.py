@@ -71,6 +71,25 @@ def landed(proxy: RunningProxy, key: str, path: Path) -> None:
     assert sha(proxy.upstream.get(proxy.real_bucket, key)) == sha(path.read_bytes()), key
 
 
+def operations(proxy: RunningProxy) -> dict[str, int]:
+    """Successful (2xx) requests per S3 operation, from the proxy's own /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    counts: dict[str, int] = {}
+    for family in text_string_to_metric_families(httpx.get(f"{proxy.endpoint}/metrics").text):
+        for sample in family.samples:
+            if sample.name == "bucketguard_requests_total" and sample.labels["status"].startswith("2"):
+                counts[sample.labels["operation"]] = counts.get(sample.labels["operation"], 0) + int(sample.value)
+    return counts
+
+
+def used_multipart_and_copy(proxy: RunningProxy) -> None:
+    """The 20 MiB file really went up in parts, and the copy was a server-side CopyObject."""
+    seen = operations(proxy)
+    assert seen.get("CompleteMultipartUpload", 0) >= 1 and seen.get("UploadPart", 0) >= 2, seen
+    assert seen.get("CopyObject", 0) >= 1, seen
+
+
 def refused(proxy: RunningProxy, prefix: str) -> None:
     """The test image is nowhere in the real bucket (staging prefixes included)."""
     assert not [key for key in proxy.upstream_keys() if key.endswith("test.png")]
@@ -106,6 +125,7 @@ def test_boto3(screened_proxy, files, tmp_path: Path) -> None:
     with pytest.raises(ClientError) as refusal:
         s3.put_object(Bucket=CLIENT_BUCKET, Key="boto3/test.png", Body=files["test"].read_bytes())
     assert refusal.value.response["Error"]["Code"] == "AccessDenied"
+    used_multipart_and_copy(proxy)
     refused(proxy, "boto3/")
 
 
@@ -193,6 +213,7 @@ def test_awscli(screened_proxy, files, tmp_path: Path) -> None:
     assert proxy.upstream_keys("cli/") == ["cli/big.mp4", "cli/copy.jpg"]
     refusal = run([*aws, "s3", "cp", str(files["test"]), f"s3://{CLIENT_BUCKET}/cli/test.png"], env, ok=False)
     assert refusal.returncode != 0 and "AccessDenied" in refusal.stderr, refusal.stderr
+    used_multipart_and_copy(proxy)
     refused(proxy, "cli/")
 
 
@@ -229,8 +250,10 @@ def test_rclone(screened_proxy, files, tmp_path: Path) -> None:
         run([rclone, "copyto", str(files["small"]), f"bg:{CLIENT_BUCKET}/rc/del/{name}", *flags], env)
     run([rclone, "delete", f"bg:{CLIENT_BUCKET}/rc/del/", *flags], env)
     assert proxy.upstream_keys("rc/") == ["rc/big.mp4", "rc/copy.jpg"]
+    assert operations(proxy).get("CreateBucket", 0) >= 1  # rclone's default: make sure the bucket exists
     refusal = run([rclone, "copyto", str(files["test"]), f"bg:{CLIENT_BUCKET}/rc/test.png", *flags], env, ok=False)
     assert refusal.returncode != 0 and "AccessDenied" in refusal.stderr, refusal.stderr
+    used_multipart_and_copy(proxy)
     refused(proxy, "rc/")
 
 
@@ -265,6 +288,7 @@ def test_s3cmd(screened_proxy, files, tmp_path: Path) -> None:
     assert proxy.upstream_keys("s3cmd/") == ["s3cmd/big.mp4", "s3cmd/copy.jpg"]
     refusal = run([*s3cmd, "put", str(files["test"]), f"s3://{CLIENT_BUCKET}/s3cmd/test.png"], ok=False)
     assert refusal.returncode != 0 and "AccessDenied" in refusal.stderr + refusal.stdout, refusal.stderr
+    used_multipart_and_copy(proxy)
     refused(proxy, "s3cmd/")
 
 
@@ -303,6 +327,7 @@ def test_minio(screened_proxy, files, tmp_path: Path) -> None:
     with pytest.raises(S3Error) as refusal:
         client.fput_object(CLIENT_BUCKET, "minio/test.png", str(files["test"]), content_type="image/png")
     assert refusal.value.code == "AccessDenied"
+    used_multipart_and_copy(proxy)
     refused(proxy, "minio/")
 
 
@@ -329,4 +354,5 @@ def test_aws_sdk_for_javascript(screened_proxy, files) -> None:
     landed(proxy, "js/big.mp4", files["big"])
     landed(proxy, "js/copy.jpg", files["small"])
     assert proxy.upstream_keys("js/") == ["js/big.mp4", "js/copy.jpg"]
+    used_multipart_and_copy(proxy)
     refused(proxy, "js/")
