@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import boto3
@@ -79,10 +80,15 @@ async def ingest(db_url: str, key: SigningKey, pages: list[dict]) -> float:
     await store.sync_peers([("peer", "http://127.0.0.1:9", key.public.line, key.public.kid, ("safe",), 1.0)])
     ingester = Ingester(store, max_per_peer=10**8)
     started, cpu = time.perf_counter(), time.process_time()
-    for page in pages:
-        peer = await store.peer("peer")
-        assert peer is not None
-        await ingester.ingest(peer, page["entries"], signature=page["sig"], after=peer.cursor)
+    async def feed() -> AsyncIterator[tuple[list[dict], str, int]]:
+        after = 0
+        for page in pages:
+            yield page["entries"], page["sig"], after
+            after = page["next"]
+
+    peer = await store.peer("peer")
+    assert peer is not None
+    await ingester.ingest_pages(peer, feed())
     elapsed = time.perf_counter() - started
     INGEST_CPU.append(time.process_time() - cpu)
     stored = await store.attestation_count("peer")

@@ -76,7 +76,9 @@ def test_tampered_wrong_key_expired_revoked_and_rotated_entries(fleet: Fleet) ->
     new_line = rotated.stdout.strip()
     assert new_line.startswith("ed25519:") and new_line != original.public.line
     put(a, f"{after_rotation}.png", images[after_rotation])  # signed with the new key
-    add_entry(a, original, clean(images["moon"], iat=now + 5, exp=now + 3600))  # old key after its rotation
+    rotation = query(a, "SELECT token FROM federation_outbox WHERE kind = 'rotation'")[0][0]
+    rotated_at = json.loads(base64.urlsafe_b64decode(rotation.split(".")[1] + "=="))["iat"]
+    add_entry(a, original, clean(images["moon"], iat=rotated_at + 1, exp=now + 3600))  # old key after its rotation
 
     fleet.key_file("B")
     b = fleet.start("B", peers={"A": (a, ("safe", "block"), None)})

@@ -10,10 +10,12 @@ out of here except a database failure.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,7 +165,35 @@ class Ingester:
 
     async def ingest(self, peer: PeerRow, items: list[Any], *, signature: Any = None, after: int = 0) -> Checked:
         """Verify and store one page for `peer`; returns what was checked (accepted entries and rejects)."""
-        checked = await asyncio.to_thread(check_page, peer, items, time.time(), signature=signature, after=after)
+        checked = await self.check(peer, items, signature=signature, after=after)
+        await self.store_checked(peer, checked)
+        return checked
+
+    async def ingest_pages(self, peer: PeerRow, pages: AsyncIterator[tuple[list[Any], Any, int]]) -> int:
+        """(entries, page signature, after) in feed order; each page is verified while the one before it is
+        written (a worker thread each). Returns the entries accepted."""
+        accepted = 0
+        writing: asyncio.Task[int] | None = None
+        state = peer
+        try:
+            async for items, signature, after in pages:
+                checked = await self.check(state, items, signature=signature, after=after)
+                if writing is not None:
+                    await writing
+                writing = asyncio.create_task(self.store_checked(state, checked))
+                accepted += len(checked.entries)
+                state = dataclasses.replace(state, cursor=checked.last_seq, key=checked.key, kid=checked.kid,
+                                            retired=checked.retired, stored=state.stored + len(checked.entries))
+        finally:
+            if writing is not None:
+                await writing
+        return accepted
+
+    async def check(self, peer: PeerRow, items: list[Any], *, signature: Any = None, after: int = 0) -> Checked:
+        return await asyncio.to_thread(check_page, peer, items, time.time(), signature=signature, after=after)
+
+    async def store_checked(self, peer: PeerRow, checked: Checked) -> int:
+        """Write a checked page: its attestations, revocations, the peer's cursor and keys, the counts."""
         received = now_text()
         rows: list[dict[str, Any]] = []
         revocations: list[tuple[Revocation, str]] = []
@@ -203,4 +233,4 @@ class Ingester:
             log.warning("federation: peer %s: refused entries %s", peer.name, dict(checked.rejected))
         if checked.rotated:
             log.info("federation: peer %s rotated its key to %s", peer.name, checked.kid)
-        return checked
+        return inserted

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -67,17 +67,21 @@ class Puller:
         self._next: dict[str, float] = {}
 
     async def pull_peer(self, peer: PeerRow) -> int:
-        """Read the peer's feed from its cursor; returns the entries accepted. Raises on a feed failure."""
-        accepted = 0
-        for _ in range(MAX_PAGES_PER_ROUND):
-            page = await fetch_page(self._client, peer.url, peer.cursor, MAX_PAGE_ENTRIES)
-            checked = await self.ingester.ingest(peer, page["entries"], signature=page.get("sig"), after=peer.cursor)
-            accepted += len(checked.entries)
-            fresh = await self.store.peer(peer.name)
-            if fresh is None or not page["more"] or fresh.cursor == peer.cursor:
-                break
-            peer = fresh
-        return accepted
+        """Read the peer's feed from its cursor; returns the entries accepted. Raises on a feed failure.
+        The next page is fetched and verified while the one before it is written."""
+
+        async def pages() -> AsyncIterator[tuple[list[Any], Any, int]]:
+            after = peer.cursor
+            for _ in range(MAX_PAGES_PER_ROUND):
+                page = await fetch_page(self._client, peer.url, after, MAX_PAGE_ENTRIES)
+                yield page["entries"], page.get("sig"), after
+                seqs = [e.get("seq") for e in page["entries"] if isinstance(e, dict)]
+                last = max((s for s in seqs if isinstance(s, int) and not isinstance(s, bool)), default=after)
+                if not page["more"] or last <= after:
+                    return
+                after = last
+
+        return await self.ingester.ingest_pages(peer, pages())
 
     async def pull_all(self, *, force: bool = False) -> dict[str, str]:
         """One round over the peers that are due (all with `force`); returns peer -> outcome."""
