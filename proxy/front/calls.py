@@ -4,7 +4,7 @@ asking the screen (bounded), and the one rule for the proxy's internal keys."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -130,6 +130,8 @@ class Handlers:
         self.multipart = multipart
         self.screen = screen
         self.metrics = metrics
+        #: Told once the upstream holds an object the screen let through (deferred scans start then).
+        self.on_landed: Callable[[Upload], Awaitable[None]] | None = None
         self._slots = asyncio.Semaphore(config.limits.max_concurrent_uploads)
         self._waiting = 0
 
@@ -155,6 +157,10 @@ class Handlers:
             return body.read_all()
         finally:
             body.close()
+
+    async def landed(self, upload: Upload) -> None:
+        if self.on_landed is not None:
+            await self.on_landed(upload)
 
     async def screen_upload(self, upload: Upload) -> Verdict:
         """Ask the screen, with a bounded number of uploads screened at once and a bounded wait."""

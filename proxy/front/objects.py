@@ -78,6 +78,7 @@ class ObjectOperations(Handlers):
             extra.update(write_conditions(call.headers))
             checksum = await checksum_echo(call, body)
             extra.update(checksum_parameters(checksum))
+            upload = None
             if not (body.size == 0 and key.rsplit("/", 1)[-1] == HEALTH_CHECK_KEY):
                 upload = Upload(call.bucket, call.real_bucket, key, call.auth.access_key, content_type, body,
                                 metadata)
@@ -86,6 +87,8 @@ class ObjectOperations(Handlers):
                     raise self.refusal(verdict)
             etag = await self.upstream.put_object(call.real_bucket, key, body, content_type=content_type,
                                                   metadata=metadata, extra=extra)
+            if upload is not None:
+                await self.landed(upload)
             headers = {"ETag": etag, **checksum}
         finally:
             body.close()

@@ -235,9 +235,9 @@ class MultipartOperations(Handlers):
             except BodyTooLarge as exc:
                 raise S3Error("EntityTooLarge", extra={
                     "MaxSizeAllowed": str(self.config.limits.max_object_bytes)}) from exc
-            verdict = await self.screen_upload(Upload(upload.bucket, upload.real_bucket, upload.key,
-                                                      upload.access_key, upload.content_type, body,
-                                                      upload.metadata))
+            screened = Upload(upload.bucket, upload.real_bucket, upload.key, upload.access_key,
+                              upload.content_type, body, upload.metadata)
+            verdict = await self.screen_upload(screened)
             if not verdict.lands:
                 if verdict.action == "refuse":
                     raise self.refusal(verdict)
@@ -248,6 +248,7 @@ class MultipartOperations(Handlers):
                 raise self.refusal(verdict)
             etag = await self._land(upload, headers, sizes, conditions)
             landed = True
+            await self.landed(screened)
             await self.multipart.finish(upload.upload_id, etag)
             await self.upstream.delete_object(upload.real_bucket, upload.staging_key)
             await self.multipart.forget_parts(upload.upload_id)

@@ -145,7 +145,7 @@ def test_a_slow_write_is_scanned_once_it_lands_never_closed_as_gone(world, relay
                                                                      test_pack_path) -> None:
     """The worker polls every 0.1 s while the upstream holds the PUT for 4 s: before the fix it took the row,
     got NoSuchKey, closed it as "gone", and the object landed unscanned (3 of 3 tries)."""
-    config = world["config"](pending_confirm_s=60)
+    config = world["config"](pending_confirm_s=600)  # only the front's confirmation can start the scan
     proxy = start_subprocess(config, moto_server, world["bucket"])
     service = None
     try:
