@@ -6,6 +6,10 @@ from __future__ import annotations
 from tests.conformance.harness import Side, case
 
 RGW_NO_LOCATION = {"rgw": ("Location",)}  # Ceph 16 sends no Location header for CreateBucket
+#: The proxy answers GetBucketLocation with its own signing region ([server] region): clients such as minio-py
+#: sign for the region they are told, so RGW's zonegroup name ("default") would make their requests fail.
+PROXY_REGION = {"rgw": ("LocationConstraint",)}
+PROXY_REGION_WHY = {"rgw": "RGW names its zonegroup; the proxy answers its own signing region"}
 
 
 def _own_buckets(side: Side, label: str) -> None:
@@ -51,14 +55,15 @@ def case_head_bucket(side: Side) -> None:
 
 @case("GetBucketLocation", "GetBucketVersioning", "GetBucketAcl", buckets=("a", "new"))
 def case_bucket_location_versioning_acl(side: Side) -> None:
-    side.call("location", "get_bucket_location", Bucket=side.bucket("a"))
+    side.call("location", "get_bucket_location", Bucket=side.bucket("a"), ignore=PROXY_REGION)
     side.call("versioning", "get_bucket_versioning", Bucket=side.bucket("a"))
     acl = side.call("acl", "get_bucket_acl", Bucket=side.bucket("a"))
     if acl is not None:
         side.note("acl permissions", sorted(grant["Permission"] for grant in acl["Grants"]))
     side.call("location of a missing bucket", "get_bucket_location", Bucket=side.bucket("new"))
     side.call("acl of a missing bucket", "get_bucket_acl", Bucket=side.bucket("new"))
-    side.raw("location as XML", "GET", side.bucket("a"), query="location", fields=("LocationConstraint",))
+    side.raw("location as XML", "GET", side.bucket("a"), query="location", fields=("LocationConstraint",),
+             unless=PROXY_REGION_WHY)
 
 
 @case("DeleteBucket", "PutObject", "DeleteObject", buckets=("a", "new"))
