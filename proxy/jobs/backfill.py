@@ -6,7 +6,7 @@ Every scanner of the same target joins the same unfinished run (joined under a d
 scanners starting together never make two runs). The listing is leased: one scanner at a time pages through
 the bucket, each page inserted together with its continuation token (re-inserting a page changes nothing);
 if that scanner dies, another takes the listing over from the saved token when the lease runs out. Objects
-are leased in small batches (`UPDATE ... WHERE key IN (SELECT ... FOR UPDATE SKIP LOCKED)` on PostgreSQL,
+are leased in small batches (an UPDATE over a materialised `SELECT ... FOR UPDATE SKIP LOCKED` on PostgreSQL,
 one atomic statement under SQLite's write lock); a scanner renews its leases while it works, and its
 outcomes are written in batches, each only while the object is still leased to it, so an object has
 exactly one outcome. A scanner killed on this machine is noticed at once (its pid is gone); one killed

@@ -40,14 +40,17 @@ class Balancer:
         self._timeout = timeout_s
         self._client: httpx.AsyncClient | None = None
         self.in_flight: dict[int, str] = {}
+        self.errors: list[str] = []
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] == "lifespan":
             while True:
                 message = await receive()
                 if message["type"] == "lifespan.startup":
+                    # a fresh connection per request: a backend that closed an idle one is never mistaken
+                    # for a dead backend
                     self._client = httpx.AsyncClient(timeout=self._timeout, limits=httpx.Limits(
-                        max_connections=200, max_keepalive_connections=50))
+                        max_connections=200, max_keepalive_connections=0))
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
                     if self._client is not None:
@@ -81,7 +84,8 @@ class Balancer:
                                                  headers=headers, content=body)
             try:
                 response = await self._client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError):
+            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                self.errors.append(f"{backend}: {type(exc).__name__}: {exc}")
                 continue  # down: the next backend takes it
             try:
                 raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.multi_items()
