@@ -135,26 +135,35 @@ def decode_video(data: bytes, limits: MediaLimits, target: tuple[int, int]) -> M
                 duration = container.duration / 1_000_000
             if duration > limits.max_video_seconds:
                 return _over_budget(f"video of {duration:.0f} s exceeds the limit")
-            total = stream.frames or 0
-            seeking = duration > 0 and total > limits.max_frames
-            to_decode = limits.max_frames if seeking else min(total or limits.max_frames, limits.max_frames)
+            rate = float(stream.average_rate) if stream.average_rate else 0.0
+            total = stream.frames or (int(duration * rate) if duration and rate else 0)
+            # In order when every frame up to the last sampled one fits the budget: exactly the sampled frames.
+            # Longer videos: the keyframe at or before each sampled moment (one decode per sample; a frame shown
+            # only between keyframes of such a video can be missed: the price of a bounded decode).
+            in_order = not duration or total <= limits.max_frames or width * height * total <= limits.max_total_pixels
+            # decoded: in order, every frame up to the last sampled one (the first max_frames when the length is
+            # unknown); seeking, at least one per sampled moment
+            to_decode = (total or limits.max_frames) if in_order else limits.max_frames
             if width * height * to_decode > limits.max_total_pixels:
                 return _over_budget(f"{width}x{height} x {to_decode} frames exceeds the decode budget of "
                                     f"{limits.max_total_pixels} pixels")
             stream.codec_context.thread_count = 1  # one thread: the decode process has a hard memory limit
             frames: list[Image.Image] = []
-            if seeking:
+            if in_order:
+                wanted = set(_spread(total, limits.max_frames)) if total > limits.max_frames else None
+                last = max(wanted) if wanted else None
+                for index, frame in enumerate(container.decode(stream)):
+                    if wanted is None or index in wanted:
+                        frames.append(_prepare(frame.to_image(), target))
+                    if len(frames) >= limits.max_frames or (last is not None and index >= last):
+                        break
+                total = max(total, len(frames))
+            else:
                 for moment in [duration * (i + 0.5) / limits.max_frames for i in range(limits.max_frames)]:
                     container.seek(int(moment / stream.time_base), stream=stream, any_frame=False, backward=True)
                     for frame in container.decode(stream):
                         frames.append(_prepare(frame.to_image(), target))
                         break
-            else:  # short, or of unknown length: its first frames, up to the budget
-                for frame in container.decode(stream):
-                    frames.append(_prepare(frame.to_image(), target))
-                    if len(frames) >= limits.max_frames:
-                        break
-                total = total or len(frames)
             if not frames:
                 return Media(undecodable=True, reason="the video has no decodable frame")
             return Media(frames, kind="video", frame_count=total or len(frames), width=width, height=height)

@@ -32,6 +32,7 @@ from tests.support.media_attacks import (
     gzipped,
     hidden_in_animation,
     hidden_in_mp4,
+    hidden_in_video,
     the_test_image,
     turned,
 )
@@ -108,6 +109,10 @@ HIDING_PLACES = {
     "apng-frame-2": (lambda: hidden_in_animation("PNG"), "image/png"),
     "webp-frame-2": (lambda: hidden_in_animation("WEBP"), "image/webp"),
     "mp4-frames-10-13": (hidden_in_mp4, "video/mp4"),
+    # 400 frames, keyframes 250 apart: the picture is only in frames 300-320, between two keyframes
+    "webm-between-keyframes": (lambda: hidden_in_video(the_test_image().resize((320, 240)), 400, range(300, 321),
+                                                       container_format="webm", codec="libvpx", rate=25, gop=250),
+                               "video/webm"),
 }
 
 

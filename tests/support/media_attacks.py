@@ -37,21 +37,31 @@ def hidden_in_animation(fmt: str, picture: Image.Image | None = None) -> bytes:
     return buffer.getvalue()
 
 
-def hidden_in_mp4(picture: Image.Image | None = None, frames: int = 30, shown: range = range(10, 14)) -> bytes:
-    """An MPEG-4 video (PyAV) of a plain cover with `picture` shown for a few frames in the middle."""
+def hidden_in_video(picture: Image.Image | None = None, frames: int = 30, shown: range = range(10, 14), *,
+                    container_format: str = "mp4", codec: str = "mpeg4", rate: int = 10,
+                    gop: int | None = None) -> bytes:
+    """A video (PyAV) of a plain cover with `picture` shown for a few frames in the middle; with a long
+    `gop`, those frames sit between keyframes."""
     import av
 
     picture = picture or the_test_image()
     cover = Image.new("RGB", picture.size, COVER_COLOUR)
     out = io.BytesIO()
-    with av.open(out, mode="w", format="mp4") as container:
-        stream = container.add_stream("mpeg4", rate=10)
+    with av.open(out, mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=rate)
         stream.width, stream.height, stream.pix_fmt = picture.width, picture.height, "yuv420p"
+        if gop is not None:
+            stream.codec_context.gop_size = gop
         for index in range(frames):
             frame = av.VideoFrame.from_image(picture if index in shown else cover)
             container.mux(stream.encode(frame))
         container.mux(stream.encode(None))
     return out.getvalue()
+
+
+def hidden_in_mp4(picture: Image.Image | None = None, frames: int = 30, shown: range = range(10, 14)) -> bytes:
+    """An MPEG-4 video of a plain cover with `picture` shown for a few frames in the middle."""
+    return hidden_in_video(picture, frames, shown)
 
 
 #: The seven non-identity dihedral transforms: rotations and mirrors.
