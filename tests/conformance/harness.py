@@ -247,16 +247,17 @@ def xml_values(content: bytes, name: str) -> list[str]:
     return [element.text or "" for element in root.iter() if element.tag in (name, S3_NS + name)]
 
 
-def differences(upstream: Side, proxy: Side) -> list[tuple[Entry | None, Entry | None]]:
-    """The pairs of entries that differ (label or outcome), in order."""
+def differences(upstream: Side, proxy: Side, count: bool = True) -> list[tuple[Entry | None, Entry | None]]:
+    """The pairs of entries that differ (label or outcome), in order; `count` adds them to STATS."""
     pairs = []
-    STATS["cases"] += 1
-    STATS["requests"] += len(upstream.transcript)
     for index in range(max(len(upstream.transcript), len(proxy.transcript))):
         left = upstream.transcript[index] if index < len(upstream.transcript) else None
         right = proxy.transcript[index] if index < len(proxy.transcript) else None
         if left is None or right is None or (left.label, left.outcome) != (right.label, right.outcome):
             pairs.append((left, right))
-    STATS["differing"] += len(pairs)
-    STATS["operations"] = len({operation for c in CASES for operation in c.operations})
+    if count:
+        STATS["cases"] += 1
+        STATS["requests"] += len(upstream.transcript)
+        STATS["differing"] += len(pairs)
+        STATS["operations"] = len({operation for c in CASES for operation in c.operations})
     return pairs
