@@ -34,6 +34,9 @@ VOLATILE = frozenset({
     "Expiration", "ContinuationToken", "NextContinuationToken", "UploadIdMarker", "NextUploadIdMarker",
     "VersionIdMarker", "NextVersionIdMarker", "StartAfter", "BucketArn",
 })
+#: A multipart ETag: its hash depends on how the parts were cut, so only its form and part count are compared
+#: (the bytes themselves are compared by the GET's body).
+MULTIPART_ETAG = re.compile(r'^("?)[0-9a-f]{32}-(\d+)("?)$')
 #: Identities: present where S3 writes them, but the proxy's own multipart state names its client.
 OWNERS = frozenset({"Owner", "Initiator"})
 #: Response fields an upstream leaves out where S3 writes them, per boto3 operation, at any depth of the
@@ -52,7 +55,6 @@ def _without(value: Any, keys: tuple[str, ...]) -> Any:
     if isinstance(value, list):
         return [_without(v, keys) for v in value]
     return value
-MULTIPART_ETAG = re.compile(r'^("?)[0-9a-f]{32}-(\d+)("?)$')
 
 
 @dataclass
