@@ -215,3 +215,29 @@ def test_a_peer_removed_from_the_config_stops_counting(tmp_path: Path) -> None:
         return counted, removed, back
 
     assert asyncio.run(scenario()) == (1, 0, 1)
+
+
+def test_a_peer_cannot_store_more_than_its_quota(tmp_path: Path) -> None:
+    """Real SQLite state: past max_attestations_per_peer, entries are refused and counted as over-quota."""
+    import asyncio
+
+    from proxy.federation.ingest import Ingester
+    from proxy.federation.store import FederationStore
+    from proxy.state import Database
+
+    key = SigningKey.generate()
+
+    async def scenario() -> tuple[int, dict]:
+        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+        await db.migrate()
+        store = FederationStore(db)
+        await store.sync_peers([("A", "http://a", key.public.line, key.public.kid, ("safe",), 1.0)])
+        entries = [{"seq": i + 1, "jws": key.sign(attestation())} for i in range(3)]
+        page = signed_page(key, entries, 0, False)
+        await Ingester(store, max_per_peer=2).ingest(await store.peer("A"), page["entries"], signature=page["sig"])
+        stored, counted = await store.attestation_count("A"), (await store.counts())["A"]
+        await store.close()
+        await db.close()
+        return stored, counted
+
+    assert asyncio.run(scenario()) == (2, {"accepted": 2, "over-quota": 1})
