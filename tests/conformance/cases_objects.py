@@ -183,3 +183,33 @@ def case_mapped_pictrs_objects(side: Side) -> None:
     side.call("list", "list_objects_v2", Bucket=side.bucket(), Prefix=side.key("files/"))
     side.call("delete", "delete_object", Bucket=side.bucket(), Key=side.key("files/abc.webp"))
     side.call("get deleted", "get_object", Bucket=side.bucket(), Key=side.key("files/abc.webp"))
+
+
+ODD_KEYS = ("sp ace", "ünï/çödé", "plus+sign", "pct%41", "q?mark", "hash#tag", "a//double/", "tilde~", "semi;colon",
+            "amp&er=eq", "quote'and\"", "<angle>", "trailing ", "日本語/キー")
+
+
+@case("PutObject", "GetObject", "HeadObject", "CopyObject", "DeleteObject", "ListObjectsV2", "DeleteObjects")
+def case_odd_keys(side: Side) -> None:
+    """Keys that need encoding in the path, in the copy source and in XML."""
+    for key in ODD_KEYS:
+        _put(side, key, body=key.encode())
+        side.call(f"get {key}", "get_object", Bucket=side.bucket(), Key=side.key(key), keep=("Body", "status"))
+        side.call(f"head {key}", "head_object", Bucket=side.bucket(), Key=side.key(key),
+                  keep=("ContentLength", "status"))
+        side.call(f"copy {key}", "copy_object", Bucket=side.bucket(), Key=side.key(key + ".copy"),
+                  CopySource={"Bucket": side.bucket(), "Key": side.key(key)}, keep=("status",))
+    side.call("list", "list_objects_v2", Bucket=side.bucket(), Prefix=side.key(""), keep=("Contents", "KeyCount"))
+    for key in ODD_KEYS[:7]:
+        side.call(f"delete {key}", "delete_object", Bucket=side.bucket(), Key=side.key(key))
+    deleted = side.call("delete the copies", "delete_objects", Bucket=side.bucket(), keep=("Errors",),
+                        Delete={"Objects": [{"Key": side.key(key + ".copy")} for key in ODD_KEYS]})
+    if deleted is not None:
+        side.note("deleted copies", sorted(item["Key"] for item in deleted.get("Deleted", [])))
+    side.call("left", "list_objects_v2", Bucket=side.bucket(), Prefix=side.key(""), keep=("Contents", "KeyCount"))
+
+
+@case("PutObject", "GetObject", "HeadObject", "CopyObject", "DeleteObject", "DeleteObjects", mode="mapped")
+def case_odd_keys_mapped(side: Side) -> None:
+    """The same keys through the bucket map (the key is unchanged, the bucket renamed, the copy source too)."""
+    case_odd_keys(side)
