@@ -48,7 +48,9 @@ def case_ranged_gets(side: Side) -> None:
     _put(side, "r.bin")
     for label, byte_range in (("first ten", "bytes=0-9"), ("suffix", "bytes=-10"), ("open end", "bytes=10240-"),
                               ("to the end", "bytes=10000-"), ("past the end", "bytes=20000-20010"),
-                              ("end clipped", "bytes=10230-99999"), ("malformed", "bytes=abc")):
+                              ("end clipped", "bytes=10230-99999"), ("malformed", "bytes=abc"),
+                              ("one byte", "bytes=0-0"), ("suffix longer than the object", "bytes=-20000"),
+                              ("two ranges (S3 answers the whole object)", "bytes=0-1,5-6")):
         side.call(f"get {label}", "get_object", Bucket=side.bucket(), Key=side.key("r.bin"), Range=byte_range)
     side.call("head ranged", "head_object", Bucket=side.bucket(), Key=side.key("r.bin"), Range="bytes=0-9")
     side.call("get part 1", "get_object", Bucket=side.bucket(), Key=side.key("r.bin"), PartNumber=1)
@@ -213,3 +215,18 @@ def case_odd_keys(side: Side) -> None:
 def case_odd_keys_mapped(side: Side) -> None:
     """The same keys through the bucket map (the key is unchanged, the bucket renamed, the copy source too)."""
     case_odd_keys(side)
+
+
+@case("PutObject", "HeadObject", "GetObjectAcl", "CopyObject")
+def case_put_headers_kept(side: Side) -> None:
+    """The object headers a writer may set are stored as the upstream stores them (never dropped on the way)."""
+    _put(side, "h", ContentType="image/avif", ContentLanguage="de", ContentDisposition="attachment",
+         CacheControl="no-store", Expires=datetime.datetime(2031, 1, 2, tzinfo=datetime.UTC), ACL="public-read",
+         ServerSideEncryption="AES256", StorageClass="STANDARD_IA", Metadata={"a": "1", "b-c": "two words"})
+    side.call("head", "head_object", Bucket=side.bucket(), Key=side.key("h"))
+    acl = side.call("acl", "get_object_acl", Bucket=side.bucket(), Key=side.key("h"), keep=("status",))
+    if acl is not None:
+        side.note("grants", sorted((g["Grantee"].get("URI", "owner"), g["Permission"]) for g in acl["Grants"]))
+    side.call("copy keeps them", "copy_object", Bucket=side.bucket(), Key=side.key("h2"),
+              CopySource={"Bucket": side.bucket(), "Key": side.key("h")}, keep=("status",))
+    side.call("head copy", "head_object", Bucket=side.bucket(), Key=side.key("h2"))
