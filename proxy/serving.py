@@ -23,6 +23,13 @@ def _refusal(max_bytes: int) -> bytes:
     return head + body
 
 
+def _malformed(msg: str) -> bytes:
+    body = S3Error("BadRequest", f"An error occurred when parsing the HTTP request: {msg}").to_xml()
+    head = (b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/xml\r\nconnection: close\r\n"
+            b"content-length: " + str(len(body)).encode() + b"\r\n\r\n")
+    return head + body
+
+
 def bounded_protocol(max_header_bytes: int, max_header_count: int) -> type:
     """The httptools protocol class with these bounds on each request's head."""
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -59,6 +66,11 @@ def bounded_protocol(max_header_bytes: int, max_header_count: int) -> type:
         def on_message_complete(self) -> None:
             super().on_message_complete()
             self._reset_head()
+
+        def send_400_response(self, msg: str) -> None:
+            """A request the parser rejects is answered as S3 answers one: an S3 XML error, then close."""
+            self.transport.write(_malformed(msg))
+            self.transport.close()
 
     return BoundedHttpToolsProtocol
 

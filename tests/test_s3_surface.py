@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import socket
 import zlib
 from collections.abc import Iterator
 
@@ -378,3 +379,17 @@ def test_presigned_urls_v2_and_v4(surface, s3) -> None:
         too_long = v4.generate_presigned_url("get_object", Params={"Bucket": CLIENT_BUCKET, "Key": "pre/k"},
                                              ExpiresIn=expires)
         assert httpx.get(too_long).status_code == 403
+
+
+def test_malformed_http_is_answered_in_s3_xml(proxy_factory) -> None:
+    """A request the HTTP parser itself rejects (a real `bucketguard serve`) still gets an S3 XML error."""
+    proxy = proxy_factory(subprocess=True)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as sock:
+        sock.sendall(b"PUT /pictrs/x HTTP/1.1\r\nHost: localhost\r\nContent-Length: nope\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400") and b"application/xml" in head
+    assert b"<Code>BadRequest</Code>" in body
+    assert proxy.upstream_keys() == []
