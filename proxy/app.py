@@ -52,6 +52,7 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
     async def install(state: AppState) -> tuple[list[Route], Callable[[], Awaitable[None]]]:
         from proxy.evidence.quarantine import Quarantine
         from proxy.evidence.store import open_store
+        from proxy.integrations.pictrs import purger_from_config
 
         routes: list[Route] = []
         if config.inference.mode == "pull":
@@ -66,6 +67,7 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
         store = open_store(config.quarantine)
         quarantine = Quarantine(state.db.engine, store, retention_days=config.quarantine.retention_days)
         pending = PendingScans(state.db, confirm_s=config.screening.pending_confirm_s)
+        purger, close_purger = purger_from_config(config)  # [pictrs]: deferred-scan hits leave pict-rs too
         federation = None
         if config.federation.key_file or config.federation.peers:
             from proxy.federation.wiring import Federation
@@ -84,7 +86,8 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
         worker = PendingWorker(pending, pipeline, state.upstream, config.limits,
                                idle_s=config.screening.pending_poll_s, backoff_s=config.screening.pending_retry_s,
                                max_attempts=config.screening.pending_max_attempts,
-                               missing_s=config.screening.pending_missing_s, on_count=state.metrics.pending.set)
+                               missing_s=config.screening.pending_missing_s, on_count=state.metrics.pending.set,
+                               purger=purger)
         # The front calls this once a screened write has landed; rows it never confirms wait pending_confirm_s.
         state.operations.on_landed = pending.confirm
         worker.start()
@@ -92,6 +95,7 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
 
         async def cleanup() -> None:
             await worker.stop()
+            await close_purger()
             if close_detectors is not None:
                 await close_detectors()
             if federation is not None:

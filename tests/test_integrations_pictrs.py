@@ -2,6 +2,7 @@
 
 pict-rs does not run here: these tests talk to an emulation of its admin API (tests/support/pictrs.py) that
 implements exactly the documented /internal/purge, /internal/aliases and /internal/identifier endpoints.
+A deferred-scan hit goes the same way (`bucketguard serve` with an inference service that comes back).
 The bucket is moto's server, the databases are a real PostgreSQL (Lemmy 1.0's local_image for the alias
 candidates; pict-rs's repository tables for the direct key -> alias lookup).
 """
@@ -29,7 +30,8 @@ from tests.support.lemmy import seed
 from tests.support.moto import S3Server
 from tests.support.pictrs import PICTRS_REPO_DDL, StoredFile, start_pictrs
 from tests.support.postgres import PostgresServer
-from tests.support.proxy import CLIENT_BUCKET, new_bucket, write_config
+from tests.support.proxy import CLIENT_BUCKET, new_bucket, start_subprocess, write_config
+from tests.test_deferred_scans import deferred_setup, start_inference, wait_for  # noqa: F401 - the fixture
 
 API_KEY = "pictrs-api-key-0123"
 
@@ -174,3 +176,44 @@ INSERT INTO aliases (alias, hash, token) VALUES ('a1.mp4', 'h1', 't'), ('a2.mp4'
     finally:
         await purger.close()
         pictrs.stop()
+
+
+@pytest.mark.slow
+def test_a_deferred_scan_hit_is_purged_from_pictrs(deferred_setup, moto_server: S3Server,  # noqa: F811
+                                                   postgres_server: PostgresServer, test_pack_path: Path) -> None:
+    """`bucketguard serve` lands uploads while the detectors are away (defer); when they are back the hit is
+    moved to quarantine and purged from pict-rs (the emulation), recorded after its quarantine record."""
+    setup = deferred_setup
+    lemmy = postgres_server.create_database("lemmy")
+    postgres_server.psql(seed("1.0", uploaded="hit-alias.png", other="clean-alias.png", federated_thumb="t.webp"),
+                         lemmy)
+    pictrs = start_pictrs(API_KEY)
+    pictrs.emulation.add(StoredFile("h-hit", "hit.png", ["hit-alias.png"]))
+    pictrs.emulation.add(StoredFile("h-clean", "clean.png", ["clean-alias.png"]))
+    config: Path = setup["config"]
+    config.write_text(config.read_text() + f'\n[pictrs]\nendpoint = "{pictrs.endpoint}"\napi_key = "{API_KEY}"\n'
+                                           f'[lemmy]\ndatabase_url = "{postgres_server.dsn(lemmy)}"\n')
+    proxy = start_subprocess(config, moto_server, setup["bucket"])
+    service = None
+    try:
+        s3 = proxy.client()
+        s3.put_object(Bucket=CLIENT_BUCKET, Key="hit.png", Body=setup["target"], ContentType="image/png")
+        s3.put_object(Bucket=CLIENT_BUCKET, Key="clean.png", Body=setup["clean"], ContentType="image/png")
+        service = start_inference(test_pack_path, setup["port"])
+        wait_for(lambda: [f.hash for f in pictrs.emulation.purged] == ["h-hit"], what="the purge of the hit")
+    finally:
+        proxy.stop()
+        pictrs.stop()
+        if service is not None:
+            service.terminate()
+            service.wait(10)
+    assert moto_server.keys(setup["bucket"]) == ["clean.png"] and list(pictrs.emulation.files) == ["h-clean"]
+    shown = subprocess.run([sys.executable, "-m", "proxy.cli", "quarantine", "list", "--json", "--config",
+                            str(config)], capture_output=True, text=True, timeout=60)
+    item = json.loads(shown.stdout)[0]
+    detail = subprocess.run([sys.executable, "-m", "proxy.cli", "quarantine", "show", item["id"], "--json",
+                             "--config", str(config)], capture_output=True, text=True, timeout=60)
+    shown_item = json.loads(detail.stdout)
+    assert [r["event"] for r in shown_item["evidence"]] == ["quarantine", "pictrs-purge"]
+    assert shown_item["evidence"][1]["actor"] == "deferred-scan"
+    assert [u["account"] for u in shown_item["attribution"]["uploaders"]] == ["alice"]

@@ -140,7 +140,7 @@ async def _scan_bucket(config, args, since):
     await upstream.start()
     pipeline, quarantine, cleanup = await _pipeline(config, db)
     relied = await _relied_on(db, args.relied_on, bucket) if args.relied_on else None
-    purger, lemmy = (None, None) if args.dry_run else _pictrs_purger(config)
+    purger, close_purger = (None, None) if args.dry_run else _pictrs_purger(config)
     options = ScanOptions(bucket, real_bucket, args.prefix, since, args.dry_run, args.rescan or relied is not None,
                           args.concurrency,
                           args.rate, args.lease)
@@ -169,9 +169,8 @@ async def _scan_bucket(config, args, since):
             if relied is not None:
                 report["rechecked"] = await _rechecked(db, args.relied_on, bucket, relied, report)
     finally:
-        for closable in (purger, lemmy):
-            if closable is not None:
-                await closable.close()
+        if close_purger is not None:
+            await close_purger()
         await cleanup()
         await upstream.close()
         await db.close()
@@ -180,15 +179,12 @@ async def _scan_bucket(config, args, since):
 
 def _pictrs_purger(config):
     """With [pictrs] endpoint set, hits are purged from pict-rs too (aliases found as pictrs.py explains)."""
-    from proxy.integrations.lemmy import LemmyDatabase
-    from proxy.integrations.pictrs import PictrsError, PictrsPurger
+    from proxy.integrations.pictrs import PictrsError, purger_from_config
 
-    lemmy = LemmyDatabase.from_config(config.lemmy)
     try:
-        purger = PictrsPurger.from_config(config.pictrs, candidates=lemmy.aliases if lemmy else None)
+        return purger_from_config(config)
     except PictrsError as exc:
         raise CommandError(str(exc)) from exc
-    return purger, lemmy
 
 
 async def _relied_on(db, peer: str, bucket: str) -> frozenset[str]:

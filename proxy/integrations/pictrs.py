@@ -188,3 +188,38 @@ class PictrsPurger:
                     "resolved_by": result.resolved_by, "error": result.error,
                     "status": "failed" if result.error else "purged"}))
         return result
+
+    async def purge_moved(self, engine: AsyncEngine, *, bucket: str, key: str, sha256: str, actor: str) -> None:
+        """After a landed object was moved to quarantine (scan, deferred scan): purge it from pict-rs once
+        per quarantine item (a retry after a crash does not purge or record it again)."""
+        from sqlalchemy import and_, select
+
+        from proxy.evidence.quarantine import quarantine_items
+
+        async with engine.connect() as conn:
+            item_id = (await conn.execute(select(quarantine_items.c.id).where(and_(
+                quarantine_items.c.bucket == bucket, quarantine_items.c.key == key,
+                quarantine_items.c.sha256 == sha256)).order_by(quarantine_items.c.created_at.desc()).limit(1))).scalar()
+            if item_id is None:
+                return
+            done = (await conn.execute(select(evidence.evidence_records.c.seq).where(and_(
+                evidence.evidence_records.c.item_id == item_id,
+                evidence.evidence_records.c.event == "pictrs-purge")).limit(1))).first()
+        if done is None:
+            await self.purge_caught(engine, item_id=item_id, bucket=bucket, key=key, actor=actor)
+
+
+def purger_from_config(config: Any) -> tuple[PictrsPurger | None, Callable[[], Awaitable[None]]]:
+    """The purger [pictrs] asks for (alias candidates from [lemmy] when set), and how to close both."""
+    from proxy.integrations.lemmy import LemmyDatabase
+
+    lemmy = LemmyDatabase.from_config(config.lemmy)
+    purger = PictrsPurger.from_config(config.pictrs, candidates=lemmy.aliases if lemmy else None)
+
+    async def close() -> None:
+        if purger is not None:
+            await purger.close()
+        if lemmy is not None:
+            await lemmy.close()
+
+    return purger, close

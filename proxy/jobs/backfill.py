@@ -178,23 +178,6 @@ class Backfill:
                 condition).limit(1))).first()
         return None if row is None else (row.action, row.rule)
 
-    async def _purge_from_pictrs(self, key: str, sha256: str) -> None:
-        """The hit is recorded and out of the bucket: remove it from pict-rs too (once per item), recorded."""
-        from proxy.evidence.log import evidence_records
-        from proxy.evidence.quarantine import quarantine_items
-
-        async with self.db.engine.connect() as conn:
-            item_id = (await conn.execute(select(quarantine_items.c.id).where(and_(
-                quarantine_items.c.bucket == self.options.bucket, quarantine_items.c.key == key,
-                quarantine_items.c.sha256 == sha256)).order_by(quarantine_items.c.created_at.desc()).limit(1))).scalar()
-            if item_id is None:
-                return
-            done = (await conn.execute(select(evidence_records.c.seq).where(and_(
-                evidence_records.c.item_id == item_id, evidence_records.c.event == "pictrs-purge")).limit(1))).first()
-        if done is None:
-            await self.purger.purge_caught(self.db.engine, item_id=item_id, bucket=self.options.bucket, key=key,
-                                           actor="backfill")
-
     async def process(self, row: dict[str, Any]) -> str:
         o = self.options
         key = row["key"]
@@ -232,8 +215,9 @@ class Backfill:
                 await self.pipeline.act(upload, decision, actor="backfill")
             if decision.action in ("quarantine", "reject"):
                 await self.upstream.delete_object(o.real_bucket, key)
-                if self.purger is not None:
-                    await self._purge_from_pictrs(key, body.sha256)
+                if self.purger is not None:  # in quarantine and out of the bucket: out of pict-rs too
+                    await self.purger.purge_moved(self.db.engine, bucket=o.bucket, key=key, sha256=body.sha256,
+                                                  actor="backfill")
             outcome = LANDING.get(decision.action, {"quarantine": "quarantined", "reject": "rejected"}.get(
                 decision.action, decision.action))
             await self._decided(key, outcome, decision.rule, decision.reason, body.sha256)

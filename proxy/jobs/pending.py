@@ -154,7 +154,7 @@ class PendingWorker:
 
     def __init__(self, pending: PendingScans, pipeline: Pipeline, upstream: Upstream, limits: LimitsConfig, *,
                  idle_s: float = 2.0, backoff_s: float = 5.0, max_backoff_s: float = 600.0, max_attempts: int = 10,
-                 missing_s: float = 600.0, on_count: Any = None) -> None:
+                 missing_s: float = 600.0, on_count: Any = None, purger: Any = None) -> None:
         self.pending = pending
         self.pipeline = pipeline
         self.upstream = upstream
@@ -165,6 +165,7 @@ class PendingWorker:
         self.max_attempts = max_attempts
         self.missing_s = missing_s
         self.on_count = on_count
+        self.purger = purger  # proxy.integrations.pictrs.PictrsPurger: a hit found now leaves pict-rs too
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -234,6 +235,9 @@ class PendingWorker:
             await self.pipeline.act(upload, decision, actor=decision.decided_by or "deferred-scan")
             if decision.action in ("quarantine", "reject"):
                 await self.upstream.delete_object(row.real_bucket, row.key)
+                if self.purger is not None:
+                    await self.purger.purge_moved(self.pipeline.quarantine.engine, bucket=row.bucket, key=row.key,
+                                                  sha256=row.sha256, actor="deferred-scan")
             outcome = {"allow": "clean", "flag": "flagged"}.get(decision.action, decision.action)
             await self.pending.finish(row.id, f"{outcome}: {decision.rule or decision.reason}")
             return outcome
