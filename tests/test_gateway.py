@@ -163,3 +163,46 @@ def test_health_ready_metrics(proxy) -> None:
     assert 'bucketguard_requests_total{operation="PutObject",status="200"} 1.0' in text
     assert 'bucketguard_uploads_screened_total{action="allow"} 1.0' in text
     assert "bucketguard_request_seconds_bucket" in text
+
+
+def test_failed_upstream_write_is_reported_for_the_record(moto_server, tmp_path) -> None:
+    """The upstream drops the PUT (a real TCP relay in front of moto that cuts PUT connections): the client
+    gets a 5xx, nothing lands, and the front tells `on_write_failed` (what the screen recorded as a flag
+    must say the object never landed); `on_landed` is never told."""
+    from proxy.config import load_config
+    from tests.adversarial.relay import SlowRelay
+    from tests.support.moto import S3Server
+    from tests.support.proxy import new_bucket, start_in_process, write_config
+
+    real_bucket = new_bucket(moto_server)
+    relay = SlowRelay(int(moto_server.endpoint.rsplit(":", 1)[1]))
+    relay.drop_puts = True
+    upstream = S3Server(relay.endpoint)
+    config_path = write_config(tmp_path, upstream, real_bucket, limits="janitor_interval_s = 0.0")
+
+    async def flag(upload: Upload) -> Verdict:
+        return Verdict("flag", rule="test-flag")
+
+    running = start_in_process(load_config(config_path), moto_server, real_bucket, config_path, screen=flag)
+    failed: list[tuple[str, str, str]] = []
+    landed: list[str] = []
+
+    async def on_write_failed(upload: Upload, verdict: Verdict, error: BaseException) -> None:
+        failed.append((upload.key, upload.sha256, verdict.action))
+
+    async def on_landed(upload: Upload) -> None:
+        landed.append(upload.key)
+
+    operations = running.app.state.bucketguard.operations
+    operations.on_write_failed, operations.on_landed = on_write_failed, on_landed
+    try:
+        data = os.urandom(2000)
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            running.client().put_object(Bucket=CLIENT_BUCKET, Key="flagged.bin", Body=data)
+        assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] in (500, 503)
+        assert failed and set(failed) == {("flagged.bin", hashlib.sha256(data).hexdigest(), "flag")}  # per attempt
+        assert landed == []
+        assert moto_server.keys(real_bucket) == []
+    finally:
+        running.stop()
+        relay.close()

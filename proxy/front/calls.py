@@ -4,6 +4,7 @@ asking the screen (bounded), and the one rule for the proxy's internal keys."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from proxy.front.multipart import MultipartState
     from proxy.metrics import ProxyMetrics
     from proxy.storage.upstream import Upstream
+
+log = logging.getLogger("bucketguard.front")
 
 #: Keys under this prefix are the proxy's own (multipart staging); clients never see or touch them.
 INTERNAL_PREFIX = ".bucketguard/"
@@ -132,6 +135,9 @@ class Handlers:
         self.metrics = metrics
         #: Told once the upstream holds an object the screen let through (deferred scans start then).
         self.on_landed: Callable[[Upload], Awaitable[None]] | None = None
+        #: Told when the upstream write of an upload the screen let through (allow, flag) failed: whatever the
+        #: screen recorded about it (a flag) must then say the object never landed.
+        self.on_write_failed: Callable[[Upload, Verdict, BaseException], Awaitable[None]] | None = None
         self._slots = asyncio.Semaphore(config.limits.max_concurrent_uploads)
         self._waiting = 0
 
@@ -161,6 +167,15 @@ class Handlers:
     async def landed(self, upload: Upload) -> None:
         if self.on_landed is not None:
             await self.on_landed(upload)
+
+    async def write_failed(self, upload: Upload, verdict: Verdict, error: BaseException) -> None:
+        """Report a failed upstream write of a let-through upload; never masks the write's own error."""
+        if self.on_write_failed is None:
+            return
+        try:
+            await self.on_write_failed(upload, verdict, error)
+        except Exception:  # the client still gets the write's error; the hook's failure is logged
+            log.exception("recording a failed write of %s/%s failed", upload.bucket, upload.key)
 
     async def screen_upload(self, upload: Upload) -> Verdict:
         """Ask the screen, with a bounded number of uploads screened at once and a bounded wait."""

@@ -92,18 +92,24 @@ class CopyOperations(MultipartOperations):
                 metadata = {k[len("x-amz-meta-"):]: v for k, v in response.headers.items()
                             if k.startswith("x-amz-meta-")}
                 params = {}
-            verdict = await self.screen_upload(Upload(call.bucket, call.real_bucket, call.key or "",
-                                                      call.auth.access_key, content_type, body, metadata))
+            upload = Upload(call.bucket, call.real_bucket, call.key or "", call.auth.access_key, content_type, body,
+                            metadata)
+            verdict = await self.screen_upload(upload)
             if not verdict.lands:
                 raise self.refusal(verdict)
         finally:
-            body.close()
+            body.close()  # the hashes the hooks read stay known
         params.update(write_conditions(call.headers))
         params["CopySourceIfMatch"] = source_etag  # exactly the bytes screened, or 412
         if source.version_id:
             params["CopySourceVersionId"] = source.version_id
-        result = await self.upstream.copy_object(real_source, source.key, call.real_bucket, call.key or "",
-                                                 params)
+        try:
+            result = await self.upstream.copy_object(real_source, source.key, call.real_bucket, call.key or "",
+                                                     params)
+        except BaseException as error:
+            await self.write_failed(upload, verdict, error)
+            raise
+        await self.landed(upload)
         headers = {"x-amz-copy-source-version-id": source.version_id} if source.version_id else {}
         return Response(xml.copy_result("CopyObjectResult", quote_etag(str(result["ETag"])),
                                         result["LastModified"], _checksums(result)),

@@ -78,15 +78,20 @@ class ObjectOperations(Handlers):
             extra.update(write_conditions(call.headers))
             checksum = await checksum_echo(call, body)
             extra.update(checksum_parameters(checksum))
-            upload = None
+            upload = verdict = None
             if not (body.size == 0 and key.rsplit("/", 1)[-1] == HEALTH_CHECK_KEY):
                 upload = Upload(call.bucket, call.real_bucket, key, call.auth.access_key, content_type, body,
                                 metadata)
                 verdict = await self.screen_upload(upload)
                 if not verdict.lands:
                     raise self.refusal(verdict)
-            etag = await self.upstream.put_object(call.real_bucket, key, body, content_type=content_type,
-                                                  metadata=metadata, extra=extra)
+            try:
+                etag = await self.upstream.put_object(call.real_bucket, key, body, content_type=content_type,
+                                                      metadata=metadata, extra=extra)
+            except BaseException as error:
+                if upload is not None and verdict is not None:
+                    await self.write_failed(upload, verdict, error)
+                raise
             if upload is not None:
                 await self.landed(upload)
             headers = {"ETag": etag, **checksum}

@@ -246,7 +246,11 @@ class MultipartOperations(Handlers):
                 await self.upstream.delete_object(upload.real_bucket, upload.staging_key)
                 await self.multipart.forget_parts(upload.upload_id)
                 raise self.refusal(verdict)
-            etag = await self._land(upload, headers, sizes, conditions)
+            try:
+                etag = await self._land(upload, headers, sizes, conditions)
+            except BaseException as error:
+                await self.write_failed(screened, verdict, error)
+                raise
             landed = True
             await self.landed(screened)
             await self.multipart.finish(upload.upload_id, etag)
