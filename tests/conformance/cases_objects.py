@@ -230,3 +230,19 @@ def case_put_headers_kept(side: Side) -> None:
     side.call("copy keeps them", "copy_object", Bucket=side.bucket(), Key=side.key("h2"),
               CopySource={"Bucket": side.bucket(), "Key": side.key("h")}, keep=("status",))
     side.call("head copy", "head_object", Bucket=side.bucket(), Key=side.key("h2"))
+
+
+@case("CopyObject", "GetObjectTagging", "GetObjectAcl", "PutObject", buckets=("a", "b"))
+def case_copy_tags_and_acl(side: Side) -> None:
+    """Tags are copied by default (x-amz-tagging-directive COPY) or replaced; a canned ACL on the copy applies."""
+    _put(side, "tagged", Tagging="kind=photo")
+    source = {"Bucket": side.bucket(), "Key": side.key("tagged")}
+    side.call("copy, tags copied", "copy_object", Bucket=side.bucket("b"), Key=side.key("t1"), CopySource=source,
+              keep=("status",))
+    side.call("tags of t1", "get_object_tagging", Bucket=side.bucket("b"), Key=side.key("t1"))
+    side.call("copy, tags replaced", "copy_object", Bucket=side.bucket("b"), Key=side.key("t2"), CopySource=source,
+              TaggingDirective="REPLACE", Tagging="state=copied", ACL="public-read", keep=("status",))
+    side.call("tags of t2", "get_object_tagging", Bucket=side.bucket("b"), Key=side.key("t2"))
+    acl = side.call("acl of t2", "get_object_acl", Bucket=side.bucket("b"), Key=side.key("t2"), keep=("status",))
+    if acl is not None:
+        side.note("grants of t2", sorted((g["Grantee"].get("URI", "owner"), g["Permission"]) for g in acl["Grants"]))
