@@ -33,6 +33,10 @@ def case_put_get_head_delete(side: Side) -> None:
     side.call("head", "head_object", Bucket=side.bucket(), Key=side.key("photo.jpg"))
     side.call("get with response overrides", "get_object", Bucket=side.bucket(), Key=side.key("photo.jpg"),
               ResponseContentType="text/plain", ResponseCacheControl="no-cache")
+    side.call("get versionId=null", "get_object", Bucket=side.bucket(), Key=side.key("photo.jpg"), VersionId="null",
+              keep=("Body", "ContentLength", "status"))
+    side.call("head versionId=null", "head_object", Bucket=side.bucket(), Key=side.key("photo.jpg"),
+              VersionId="null", keep=("ContentLength", "status"))
     side.call("get missing", "get_object", Bucket=side.bucket(), Key=side.key("missing"))
     side.call("head missing", "head_object", Bucket=side.bucket(), Key=side.key("missing"))
     side.call("delete", "delete_object", Bucket=side.bucket(), Key=side.key("photo.jpg"))
