@@ -249,3 +249,24 @@ async def test_scan_leases_take_at_most_the_batch_and_never_the_same_object(data
     finally:
         await one.close()
         await two.close()
+
+
+async def test_a_later_run_knows_what_an_earlier_one_decided(database_url: str) -> None:
+    db = await _open(database_url)
+    try:
+        first = ScanRun(db, ScanOptions("pictrs", "real"))
+        await first.open()
+        page = [{"Key": f"k{i}", "Size": 10 + i, "ETag": f'"e{i}"'} for i in range(3)]
+        await first.add_page(page, "", True)
+        await first.write_outcomes([{"key": "k0", "outcome": "clean"}, {"key": "k1", "outcome": "quarantined"},
+                                    {"key": "k2", "outcome": "clean"}])
+        assert await first.finish()
+        second = ScanRun(db, ScanOptions("pictrs", "real"))
+        assert await second.open() is False and second.run_id != first.run_id  # a finished run is not joined
+        changed = [*page[:2], {"Key": "k2", "Size": 99, "ETag": '"other"'}]  # k2 was replaced since
+        await second.add_page(changed, "", True)
+        rows = await second.claim(10)
+        assert await second.decided_earlier(rows) == {"k0"}  # quarantined ones and changed bytes are scanned
+        assert await second.decided_before("k0", "e0", 10) and not await second.decided_before("k2", "other", 99)
+    finally:
+        await db.close()

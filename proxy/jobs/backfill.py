@@ -121,7 +121,9 @@ class Backfill:
             idle = 0
             while True:
                 batch = await self.run.claim(concurrency)
+                earlier = set() if self.options.rescan else await self.run.decided_earlier(batch)
                 for row in batch:
+                    row["decided_earlier"] = row["key"] in earlier
                     await queue.put(row)
                 if batch:
                     idle = 0
@@ -181,7 +183,8 @@ class Backfill:
     async def process(self, row: dict[str, Any]) -> str:
         o = self.options
         key = row["key"]
-        if not o.rescan and await self.run.decided_before(key, row["etag"], int(row["size"])):
+        if not o.rescan and (row["decided_earlier"] if "decided_earlier" in row
+                             else await self.run.decided_before(key, row["etag"], int(row["size"]))):
             await self._decided(key, "skipped", detail="decided by an earlier scan (same ETag and size)")
             return "skipped"
         body = SpooledBody(memory_limit=self.limits.memory_buffer_bytes, max_bytes=self.limits.max_object_bytes,

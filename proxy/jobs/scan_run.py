@@ -242,6 +242,20 @@ class ScanRun:
             )).order_by(scan_objects.c.key).limit(limit))).mappings().all()
         return [dict(r) for r in rows]
 
+    async def decided_earlier(self, rows: list[dict[str, Any]]) -> set[str]:
+        """Keys of `rows` that an earlier run over this bucket decided with the same ETag and size: one query
+        for a whole claimed batch."""
+        if not rows:
+            return set()
+        async with self._engine.connect() as conn:
+            found = (await conn.execute(select(scan_objects.c.key, scan_objects.c.etag, scan_objects.c.size).join(
+                scan_runs, scan_runs.c.id == scan_objects.c.run_id).where(and_(
+                    scan_runs.c.target == f"s3://{self.options.real_bucket}", scan_runs.c.dry_run.is_(False),
+                    scan_objects.c.run_id != self.run_id, scan_objects.c.key.in_([r["key"] for r in rows]),
+                    scan_objects.c.outcome.in_(("clean", "flagged", "skipped")))))).all()
+        wanted = {(r["key"], r["etag"], int(r["size"])) for r in rows}
+        return {key for key, etag, size in found if (key, etag, int(size)) in wanted}
+
     async def decided_before(self, key: str, etag: str, size: int) -> bool:
         """Same key, ETag and size already decided by an earlier run over this bucket."""
         async with self._engine.connect() as conn:
