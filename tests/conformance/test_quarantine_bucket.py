@@ -81,13 +81,24 @@ def test_internal_keys_are_not_served(kind: str, request: pytest.FixtureRequest,
     s3, mine, direct = side.s3, side.bucket(), upstream.client()
     internal = ".bucketguard/staging/planted"
     direct.put_object(Bucket=mine, Key=internal, Body=b"staged, unscreened")
+    s3.put_object(Bucket=mine, Key="own", Body=b"own")
     codes = {
         "GetObject": _refused(lambda: s3.get_object(Bucket=mine, Key=internal)),
         "PutObject": _refused(lambda: s3.put_object(Bucket=mine, Key=internal, Body=b"x")),
         "DeleteObject": _refused(lambda: s3.delete_object(Bucket=mine, Key=internal)),
         "CopyObject": _refused(lambda: s3.copy_object(Bucket=mine, Key="out", CopySource={"Bucket": mine,
                                                                                         "Key": internal})),
+        "CopyObject onto": _refused(lambda: s3.copy_object(Bucket=mine, Key=internal, CopySource={"Bucket": mine,
+                                                                                                "Key": "own"})),
+        "CreateMultipartUpload": _refused(lambda: s3.create_multipart_upload(Bucket=mine, Key=internal)),
+        "PutObjectTagging": _refused(lambda: s3.put_object_tagging(Bucket=mine, Key=internal,
+                                                                   Tagging={"TagSet": [{"Key": "a", "Value": "b"}]})),
     }
     assert set(codes.values()) <= {"AccessDenied", "403"}, codes
+    # One batch naming the internal key among ordinary ones: the internal one is never deleted.
+    answer = s3.delete_objects(Bucket=mine, Delete={"Objects": [{"Key": "own"}, {"Key": internal}]})
+    assert internal not in [d["Key"] for d in answer.get("Deleted", [])], answer
     assert direct.get_object(Bucket=mine, Key=internal)["Body"].read() == b"staged, unscreened"
+    assert direct.get_object_tagging(Bucket=mine, Key=internal)["TagSet"] == []
     assert [o["Key"] for o in direct.list_objects_v2(Bucket=mine)["Contents"]] == [internal]
+    assert direct.list_multipart_uploads(Bucket=mine).get("Uploads", []) == []
