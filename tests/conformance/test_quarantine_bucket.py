@@ -64,6 +64,22 @@ def test_quarantine_bucket_is_invisible_and_untouchable(kind: str, request: pyte
     assert codes["UploadPartCopy"] in ("AccessDenied", "NoSuchBucket"), codes
     s3.abort_multipart_upload(Bucket=mine, Key="assembled.jpg", UploadId=upload)
 
+    # Spellings of the same name that a careless comparison would miss.
+    encoded = hidden.replace("-", "%2D")
+    for label, method, url, headers in (
+        ("GET, encoded bucket", "GET", f"{side.endpoint}/{encoded}/items/evidence.jpg", {}),
+        ("GET, encoded slash", "GET", f"{side.endpoint}/{hidden}/items%2Fevidence.jpg", {}),
+        ("copy, leading slash", "PUT", side.url(mine, "stolen2.jpg"),
+         {"x-amz-copy-source": f"/{hidden}/items/evidence.jpg"}),
+        ("copy, encoded source", "PUT", side.url(mine, "stolen3.jpg"),
+         {"x-amz-copy-source": f"{encoded}/items%2Fevidence.jpg"}),
+        ("copy, ARN-like source", "PUT", side.url(mine, "stolen4.jpg"),
+         {"x-amz-copy-source": f"{hidden}/items/evidence.jpg?versionId=null"}),
+    ):
+        response = side.send(method, url, headers)
+        assert response.status_code in (400, 403, 404), (label, response.status_code, response.text[:300])
+        assert EVIDENCE not in response.content, label
+
     # The real upstream: the evidence is intact and alone; nothing was copied out.
     assert direct.get_object(Bucket=hidden, Key="items/evidence.jpg")["Body"].read() == EVIDENCE
     assert [o["Key"] for o in direct.list_objects_v2(Bucket=hidden)["Contents"]] == ["items/evidence.jpg"]
