@@ -47,10 +47,17 @@ def export_tower(model, path: Path, size: int, torch) -> None:
     tower = Tower(model).eval()
     model.eval()
     example = torch.zeros(2, 3, size, size)
-    with torch.no_grad():
-        torch.onnx.export(tower, (example,), str(path), input_names=["pixels"], output_names=["embeddings"],
-                          dynamic_axes={"pixels": {0: "batch"}, "embeddings": {0: "batch"}}, opset_version=17,
-                          dynamo=False)
+    # nn.MultiheadAttention's inference fast path is one fused aten op that the ONNX exporter cannot write
+    # (torch 2.14 takes it while tracing under no_grad); the plain path computes the same numbers.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad():
+            torch.onnx.export(tower, (example,), str(path), input_names=["pixels"], output_names=["embeddings"],
+                              dynamic_axes={"pixels": {0: "batch"}, "embeddings": {0: "batch"}}, opset_version=17,
+                              dynamo=False)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
 #: The model and weights the reference thresholds were calibrated on (both concept algorithms).
