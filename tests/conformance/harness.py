@@ -32,7 +32,7 @@ S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 VOLATILE = frozenset({
     "LastModified", "Initiated", "CreationDate", "UploadId", "VersionId", "RequestCharged", "HostId", "RequestId",
     "Expiration", "ContinuationToken", "NextContinuationToken", "UploadIdMarker", "NextUploadIdMarker",
-    "VersionIdMarker", "NextVersionIdMarker", "StartAfter", "BucketArn",
+    "VersionIdMarker", "NextVersionIdMarker", "BucketArn",
 })
 #: A multipart ETag: its hash depends on how the parts were cut, so only its form and part count are compared
 #: (the bytes themselves are compared by the GET's body).
