@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
 
 from proxy.federation.keys import BadSignature, KeyFileError, PublicKey, token_kid, verify
 from proxy.federation.store import FederationStore
 from proxy.federation.trust import Rules, judge
 from proxy.screening.facts import Decision, Facts
+from proxy.screening.hashing import Pdq
+from proxy.screening.hashlists import HashList
 from proxy.screening.policy import Policy
 
 log = logging.getLogger("bucketguard.federation")
@@ -26,29 +27,23 @@ MAX_VERIFIED = 100_000
 
 
 class PdqIndex:
-    """Block attestations' PDQ hashes as a bit matrix; `near` is one vectorised Hamming pass."""
+    """Block attestations' PDQ hashes, matched as the local block lists are (every frame, every orientation)."""
 
     def __init__(self) -> None:
         self.ids: list[tuple[str, str]] = []
-        self.bits = np.zeros((0, 256), dtype=bool)
+        self.hashes = HashList("federation")
 
     def load(self, rows: list[tuple[str, str, str]]) -> None:
-        ids, vectors = [], []
+        ids, hashes = [], HashList("federation")
         for peer, att_id, pdq in rows:
-            try:
-                vectors.append(np.unpackbits(np.frombuffer(bytes.fromhex(pdq), dtype=np.uint8)).astype(bool))
-            except ValueError:
+            if len(pdq) != 64 or not all(c in "0123456789abcdefABCDEF" for c in pdq):
                 continue
+            hashes.add("pdq", pdq, "")
             ids.append((peer, att_id))
-        self.ids = ids
-        self.bits = np.array(vectors, dtype=bool).reshape(len(vectors), 256)
+        self.ids, self.hashes = ids, hashes
 
-    def near(self, pdq_hex: str, max_distance: int) -> list[tuple[str, str]]:
-        if not self.ids:
-            return []
-        probe = np.unpackbits(np.frombuffer(bytes.fromhex(pdq_hex), dtype=np.uint8)).astype(bool)
-        distances = np.count_nonzero(self.bits != probe, axis=1)
-        return [self.ids[i] for i in np.flatnonzero(distances <= max_distance)]
+    def near(self, candidates: Sequence[Pdq], max_distance: int) -> list[tuple[str, str]]:
+        return [self.ids[i] for i in self.hashes.pdq_within(candidates, max_distance)]
 
 
 class PeerAttestations:
@@ -100,9 +95,7 @@ class PeerAttestations:
     async def decide(self, facts: Facts) -> Decision | None:
         near: list[tuple[str, str]] = []
         if self.index.ids:
-            pdq = await facts.pdq()
-            if pdq is not None:
-                near = self.index.near(pdq.hash_hex, self.pdq_max_distance)
+            near = self.index.near(await facts.pdq_candidates(), self.pdq_max_distance)
         rows = [row for row in await self.store.usable(facts.hashes.sha256, near) if self.verified(row)]
         if not rows:
             return None

@@ -88,25 +88,36 @@ class HashList:
                 return Match(self.name, kind, value, label)  # type: ignore[arg-type]
         return None
 
-    def match_pdq(self, candidates: Candidates, max_distance: int) -> Match | None:
-        """The closest entry within `max_distance` of ANY candidate (every sampled frame of an upload, each in
-        its eight orientations); candidates of low quality are skipped."""
+    def _closest(self, candidates: Candidates) -> np.ndarray | None:
+        """Per entry, its smallest distance to ANY candidate (every sampled frame of an upload, each in its eight
+        orientations); candidates of low quality are skipped. None when there is nothing to compare."""
         probes = list({p.hash_hex: p for p in _as_list(candidates) if p.quality >= MIN_PDQ_QUALITY})
         if not probes or not self.pdq_hex:
             return None
         words = self._words()
         step = max(1, _MAX_PAIRS // len(words))  # bound the (probes x entries) working set
-        best_distance, best_entry = max_distance + 1, -1
+        closest = np.full(len(words), 257, dtype=np.int64)
         for start in range(0, len(probes), step):
             chunk = np.frombuffer(bytes.fromhex("".join(probes[start:start + step])), dtype=">u8")
             chunk = chunk.astype(np.uint64).reshape(-1, 1, 4)
             distances = np.bitwise_count(np.bitwise_xor(words[None, :, :], chunk)).sum(axis=2)
-            row, entry = np.unravel_index(int(distances.argmin()), distances.shape)
-            if int(distances[row, entry]) < best_distance:
-                best_distance, best_entry = int(distances[row, entry]), int(entry)
-        if best_entry < 0:
+            closest = np.minimum(closest, distances.min(axis=0))
+        return closest
+
+    def match_pdq(self, candidates: Candidates, max_distance: int) -> Match | None:
+        """The closest entry within `max_distance` of any candidate."""
+        closest = self._closest(candidates)
+        if closest is None:
             return None
-        return Match(self.name, "pdq", self.pdq_hex[best_entry], self.pdq_labels[best_entry], best_distance)
+        entry = int(closest.argmin())
+        if int(closest[entry]) > max_distance:
+            return None
+        return Match(self.name, "pdq", self.pdq_hex[entry], self.pdq_labels[entry], int(closest[entry]))
+
+    def pdq_within(self, candidates: Candidates, max_distance: int) -> list[int]:
+        """Every entry (by position) within `max_distance` of any candidate."""
+        closest = self._closest(candidates)
+        return [] if closest is None else [int(i) for i in np.flatnonzero(closest <= max_distance)]
 
 
 def load_list(path: Path, *, allow: bool) -> HashList:
