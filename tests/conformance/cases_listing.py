@@ -79,3 +79,26 @@ def case_list_object_versions(side: Side) -> None:
     side.call("versions", "list_object_versions", Bucket=side.bucket())
     side.call("versions under v/", "list_object_versions", Bucket=side.bucket(), Prefix="v/")
     side.call("versions delimiter", "list_object_versions", Bucket=side.bucket(), Delimiter="/")
+
+
+@case("ListObjectVersions", "GetBucketVersioning", "GetObject", "HeadObject", "DeleteObject", "PutObject")
+def case_versioned_bucket(side: Side) -> None:
+    """A bucket versioned on the upstream (set up directly: the proxy answers PutBucketVersioning 501)."""
+    side.admin.put_bucket_versioning(Bucket=side.bucket(), VersioningConfiguration={"Status": "Enabled"})
+    side.call("versioning", "get_bucket_versioning", Bucket=side.bucket())
+    for body in (b"first", b"second"):
+        side.call(f"put {body.decode()}", "put_object", Bucket=side.bucket(), Key="v", Body=body,
+                  keep=("status", "VersionId"))
+    side.call("delete (a marker)", "delete_object", Bucket=side.bucket(), Key="v")
+    listed = side.call("versions", "list_object_versions", Bucket=side.bucket())
+    side.call("get the current (deleted)", "get_object", Bucket=side.bucket(), Key="v")
+    versions = listed.get("Versions", []) if listed else []  # newest first, as S3 lists them
+    if versions:
+        first = versions[-1]["VersionId"]
+        side.call("get the first version", "get_object", Bucket=side.bucket(), Key="v", VersionId=first,
+                  keep=("Body", "ContentLength", "status"))
+        side.call("head the first version", "head_object", Bucket=side.bucket(), Key="v", VersionId=first,
+                  keep=("ContentLength", "status"))
+        side.call("delete the first version", "delete_object", Bucket=side.bucket(), Key="v", VersionId=first,
+                  keep=("status",))
+    side.call("versions after", "list_object_versions", Bucket=side.bucket())

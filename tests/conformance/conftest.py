@@ -109,8 +109,10 @@ def make_sides(kind: str, mode: str, upstream: S3Server, proxy: RunningProxy,
     if mode == "mapped":
         proxy_buckets = {name: CLIENT_BUCKET for name in logical}
         key_prefix = f"cf-{number}/"
-    up = Side("upstream", kind, upstream.endpoint, upstream.access_key, upstream.secret_key, up_buckets, key_prefix)
-    through = Side("proxy", kind, proxy.endpoint, CLIENT_KEY, CLIENTS[CLIENT_KEY], proxy_buckets, key_prefix)
+    up = Side("upstream", kind, upstream.endpoint, upstream.access_key, upstream.secret_key, up_buckets, key_prefix,
+              admin=admin)
+    through = Side("proxy", kind, proxy.endpoint, CLIENT_KEY, CLIENTS[CLIENT_KEY], proxy_buckets, key_prefix,
+                   admin=admin)
     # In mapped mode the real bucket's name is deliberately not masked: if the proxy let it leak (a Name, a
     # Location, an error's Resource), the comparison shows it.
     return up, through

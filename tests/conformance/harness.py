@@ -107,6 +107,9 @@ class Side:
     buckets: dict[str, str]  # logical name ("a", "b", ...) -> bucket name on this side
     key_prefix: str = ""
     transcript: list[Entry] = field(default_factory=list)
+    #: A boto3 client straight to the upstream with its own keys, for set-up the proxy does not offer
+    #: (e.g. PutBucketVersioning, which it answers 501); never for the requests being compared.
+    admin: Any = None
 
     def __post_init__(self) -> None:
         self.s3 = boto3.client(
