@@ -8,6 +8,7 @@ the bucket on moto, by the quarantine/evidence the CLI reports and by `bucketgua
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -74,7 +75,7 @@ def client(endpoint: str):
     return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=PICTRS_KEY,
                         aws_secret_access_key=CLIENTS[PICTRS_KEY],
                         config=BotoConfig(s3={"addressing_style": "path"}, retries={"max_attempts": 1},
-                                          read_timeout=60))
+                                          read_timeout=30))
 
 
 def put_in_background(endpoint: str, key: str, data: bytes) -> tuple[threading.Thread, dict]:
@@ -90,6 +91,26 @@ def put_in_background(endpoint: str, key: str, data: bytes) -> tuple[threading.T
     thread = threading.Thread(target=send, daemon=True)
     thread.start()
     return thread, result
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and every process it started (its decode workers), as a crash of its host would:
+    an orphaned child keeps the proxy's client connections open."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tree = [pid], []
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    for member in tree:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signal.SIGKILL)
 
 
 def pending_rows(db: Path) -> list[tuple[str, str, str]]:
@@ -178,7 +199,7 @@ def test_proxy_killed_before_confirming_then_detectors_never_answer(world, relay
     unconfirmed. The restarted proxy
     finds it by the confirm deadline; the detectors never answer, so after a bounded number of attempts it
     ends flagged for review with an evidence record, not retried for ever."""
-    config = world["config"](pending_confirm_s=1, pending_max_attempts=3)
+    config = world["config"](pending_confirm_s=8, pending_max_attempts=3)  # longer than the held answer
     proxy = start_subprocess(config, moto_server, world["bucket"])
     data = photo(2)
     try:
@@ -186,7 +207,7 @@ def test_proxy_killed_before_confirming_then_detectors_never_answer(world, relay
         thread, result = put_in_background(proxy.endpoint, "orphan.png", data)
         wait_for(lambda: moto_server.keys(world["bucket"]) == ["orphan.png"], timeout=30,
                  what="the write to land upstream")
-        os.kill(proxy.process.pid, signal.SIGKILL)
+        kill_tree(proxy.process.pid)
         proxy.process.wait(10)
         thread.join(60)
         relay.answer_delay_s = 0.0
