@@ -393,3 +393,22 @@ def test_malformed_http_is_answered_in_s3_xml(proxy_factory) -> None:
     assert head.startswith(b"HTTP/1.1 400") and b"application/xml" in head
     assert b"<Code>BadRequest</Code>" in body
     assert proxy.upstream_keys() == []
+
+
+def test_copy_and_multipart_keep_the_settings_asked_for(surface, s3) -> None:
+    s3.put_object(Bucket=CLIENT_BUCKET, Key="set/src", Body=b"s", Tagging="kind=photo")
+    s3.copy_object(Bucket=CLIENT_BUCKET, Key="set/dst", CopySource=f"{CLIENT_BUCKET}/set/src",
+                   TaggingDirective="REPLACE", Tagging="state=copied", ACL="public-read")
+    direct = surface.upstream.client()
+    assert direct.get_object_tagging(Bucket=surface.real_bucket, Key="set/dst")["TagSet"] == [
+        {"Key": "state", "Value": "copied"}]
+    grants = direct.get_object_acl(Bucket=surface.real_bucket, Key="set/dst")["Grants"]
+    assert any(g["Grantee"].get("URI", "").endswith("AllUsers") for g in grants)
+    put = s3.put_object(Bucket=CLIENT_BUCKET, Key="set/sse", Body=b"e", ServerSideEncryption="AES256")
+    assert put["ServerSideEncryption"] == "AES256"
+    upload_id = s3.create_multipart_upload(Bucket=CLIENT_BUCKET, Key="set/mp", ACL="public-read")["UploadId"]
+    etag = s3.upload_part(Bucket=CLIENT_BUCKET, Key="set/mp", UploadId=upload_id, PartNumber=1, Body=b"m")["ETag"]
+    s3.complete_multipart_upload(Bucket=CLIENT_BUCKET, Key="set/mp", UploadId=upload_id,
+                                 MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+    grants = direct.get_object_acl(Bucket=surface.real_bucket, Key="set/mp")["Grants"]
+    assert any(g["Grantee"].get("URI", "").endswith("AllUsers") for g in grants)

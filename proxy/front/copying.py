@@ -28,6 +28,13 @@ SOURCE_CONDITIONS = (("x-amz-copy-source-if-match", "CopySourceIfMatch"),
                      ("x-amz-copy-source-if-unmodified-since", "CopySourceIfUnmodifiedSince"))
 
 
+#: Settings a copy request gives the new object whatever its metadata directive (botocore parameters).
+OBJECT_SETTINGS = frozenset({"ACL", "GrantRead", "GrantReadACP", "GrantWriteACP", "GrantFullControl", "StorageClass",
+                             "ServerSideEncryption", "WebsiteRedirectLocation", "ChecksumAlgorithm"})
+#: Settings that only a metadata directive REPLACE takes from the request (COPY keeps the source's).
+METADATA_SETTINGS = frozenset({"CacheControl", "ContentDisposition", "ContentLanguage", "Expires", "ContentEncoding"})
+
+
 class CopyOperations(MultipartOperations):
     def served_real_bucket(self, client_bucket: str) -> str | None:  # provided by BucketOperations
         raise NotImplementedError
@@ -82,16 +89,20 @@ class CopyOperations(MultipartOperations):
                 raise S3Error("EntityTooLarge", extra={
                     "MaxSizeAllowed": str(self.config.limits.max_object_bytes)}) from exc
             source_etag = response.headers.get("etag", "")
+            new_type, new_metadata, settings = stored_headers(call)
+            params = {name: value for name, value in settings.items() if name in OBJECT_SETTINGS}
+            if call.headers.get("x-amz-tagging-directive", "COPY").upper() == "REPLACE":
+                params.update(TaggingDirective="REPLACE", Tagging=settings.get("Tagging", ""))
             if directive == "REPLACE":
-                content_type, metadata, params = stored_headers(call)
-                params.update(ContentType=content_type, Metadata=metadata, MetadataDirective="REPLACE")
-                if not content_type:
-                    params.pop("ContentType")
+                content_type, metadata = new_type, new_metadata
+                params.update({name: value for name, value in settings.items() if name in METADATA_SETTINGS})
+                params.update(Metadata=metadata, MetadataDirective="REPLACE")
+                if content_type:
+                    params["ContentType"] = content_type
             else:
                 content_type = response.headers.get("content-type", "")
                 metadata = {k[len("x-amz-meta-"):]: v for k, v in response.headers.items()
                             if k.startswith("x-amz-meta-")}
-                params = {}
             upload = Upload(call.bucket, call.real_bucket, call.key or "", call.auth.access_key, content_type, body,
                             metadata)
             verdict = await self.screen_upload(upload)

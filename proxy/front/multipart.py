@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import (
@@ -47,6 +47,9 @@ multipart_uploads = Table(
     Column("lease_until", String(40), nullable=False, server_default=""),
     #: Once `done`: the landed object's ETag, so that a repeated Complete answers as S3 does.
     Column("final_etag", String(255), nullable=False, server_default=""),
+    #: What CreateMultipartUpload asked of the object beyond its metadata (ACL, tags, storage class...), as
+    #: botocore parameters: the landed object gets them too.
+    Column("settings_json", Text, nullable=False, server_default="{}"),
 )
 
 multipart_parts = Table(
@@ -62,16 +65,25 @@ multipart_parts = Table(
 
 
 
-def _add_lease_columns(conn: Connection) -> None:
-    present = {c["name"] for c in inspect(conn).get_columns("multipart_uploads")}
-    for name in ("lease_until", "final_etag"):
-        if name not in present:
-            kind = multipart_uploads.c[name].type.compile(dialect=conn.dialect)
-            conn.exec_driver_sql(f"ALTER TABLE multipart_uploads ADD COLUMN {name} {kind} NOT NULL DEFAULT ''")
+def _add_columns(*names: str) -> Callable[[Connection], None]:
+    """Add columns of multipart_uploads (as the Table defines them) that an older database lacks."""
+
+    def apply(conn: Connection) -> None:
+        present = {c["name"] for c in inspect(conn).get_columns("multipart_uploads")}
+        for name in names:
+            if name not in present:
+                column = multipart_uploads.c[name]
+                kind = column.type.compile(dialect=conn.dialect)
+                default = str(column.server_default.arg)  # type: ignore[union-attr]
+                conn.exec_driver_sql(f"ALTER TABLE multipart_uploads ADD COLUMN {name} {kind} NOT NULL "
+                                     f"DEFAULT '{default}'")
+
+    return apply
 
 
 MIGRATIONS = [Migration("multipart-0001", create_tables(multipart_uploads, multipart_parts)),
-              Migration("multipart-0002", _add_lease_columns)]
+              Migration("multipart-0002", _add_columns("lease_until", "final_etag")),
+              Migration("multipart-0003", _add_columns("settings_json"))]
 #: Non-final states: each can be recovered (Complete retried, Abort, or the janitor).
 LIVE_STATES = ("open", "staged", "completing")
 
@@ -91,6 +103,7 @@ class MultipartUpload:
     state: str
     lease_until: str = ""
     final_etag: str = ""
+    settings: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -114,13 +127,14 @@ class MultipartState:
         self._engine = db.engine
 
     async def create(self, *, upload_id: str, upstream_upload_id: str, bucket: str, real_bucket: str, key: str,
-                     staging_key: str, access_key: str, content_type: str, metadata: Mapping[str, str]) -> None:
+                     staging_key: str, access_key: str, content_type: str, metadata: Mapping[str, str],
+                     settings: Mapping[str, str] | None = None) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(multipart_uploads.insert().values(
                 upload_id=upload_id, upstream_upload_id=upstream_upload_id, bucket=bucket,
                 real_bucket=real_bucket, key=key, staging_key=staging_key, access_key=access_key,
                 content_type=content_type, metadata_json=json.dumps(dict(metadata)), created_at=now_text(),
-                state="open"))
+                state="open", settings_json=json.dumps(dict(settings or {}))))
 
     async def get(self, upload_id: str) -> MultipartUpload | None:
         async with self._engine.connect() as conn:
@@ -279,4 +293,5 @@ class MultipartState:
 def _upload_from_row(row: Mapping[str, object]) -> MultipartUpload:
     data = dict(row)
     data["metadata"] = json.loads(str(data.pop("metadata_json")))
+    data["settings"] = json.loads(str(data.pop("settings_json", "") or "{}"))
     return MultipartUpload(**data)  # type: ignore[arg-type]

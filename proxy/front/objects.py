@@ -86,15 +86,15 @@ class ObjectOperations(Handlers):
                 if not verdict.lands:
                     raise self.refusal(verdict)
             try:
-                etag = await self.upstream.put_object(call.real_bucket, key, body, content_type=content_type,
-                                                      metadata=metadata, extra=extra)
+                written = await self.upstream.put_object(call.real_bucket, key, body, content_type=content_type,
+                                                         metadata=metadata, extra=extra)
             except BaseException as error:
                 if upload is not None and verdict is not None:
                     await self.write_failed(upload, verdict, error)
                 raise
             if upload is not None:
                 await self.landed(upload)
-            headers = {"ETag": etag, **checksum}
+            headers = {**written.headers, "ETag": written.etag, **checksum}
         finally:
             body.close()
         return Response(status_code=200, headers=headers)

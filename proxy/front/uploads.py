@@ -36,6 +36,9 @@ from proxy.screening.upload import Upload
 from proxy.storage.spool import BodyTooLarge, SpooledBody
 
 MIN_PART_BYTES = 5 * 1024 * 1024
+#: What CreateMultipartUpload may ask of the object (botocore parameters), kept with the upload for the landing.
+CARRIED_SETTINGS = frozenset({"ACL", "GrantRead", "GrantReadACP", "GrantWriteACP", "GrantFullControl", "Tagging",
+                              "StorageClass", "WebsiteRedirectLocation", "ServerSideEncryption"})
 #: Stored headers copied from the staging object to the landed one, as (header, botocore parameter).
 LANDED_HEADERS = (("cache-control", "CacheControl"), ("content-disposition", "ContentDisposition"),
                   ("content-language", "ContentLanguage"), ("content-encoding", "ContentEncoding"),
@@ -81,9 +84,11 @@ class MultipartOperations(Handlers):
         upstream_id = await self.upstream.create_multipart_upload(call.real_bucket, staging_key,
                                                                   content_type=content_type, metadata=metadata,
                                                                   extra=extra)
+        settings = {name: value for name, value in extra.items() if name in CARRIED_SETTINGS}
         await self.multipart.create(upload_id=upload_id, upstream_upload_id=upstream_id, bucket=call.bucket,
                                     real_bucket=call.real_bucket, key=key, staging_key=staging_key,
-                                    access_key=call.auth.access_key, content_type=content_type, metadata=metadata)
+                                    access_key=call.auth.access_key, content_type=content_type, metadata=metadata,
+                                    settings=settings)
         return Response(xml.initiate_multipart_result(call.bucket, key, upload_id), media_type="application/xml")
 
     async def upload_for(self, call: Call) -> MultipartUpload:
@@ -268,9 +273,7 @@ class MultipartOperations(Handlers):
                     conditions: dict[str, str]) -> str:
         """Copy the staging object to the client's key part by part, so the ETag keeps its `-N` form."""
         extra: dict[str, Any] = {p: headers[h] for h, p in LANDED_HEADERS if h in headers}
-        if headers.get("x-amz-tagging-count", "0") != "0":  # tags given at CreateMultipartUpload go along
-            answer = await self.upstream.forward("GET", upload.real_bucket, upload.staging_key, {"tagging": ""}, {})
-            extra["Tagging"] = xml.tagging_query(answer.body)
+        extra.update(upload.settings)  # ACL, tags, storage class... asked for at CreateMultipartUpload
         landing = await self.upstream.create_multipart_upload(upload.real_bucket, upload.key,
                                                               content_type=upload.content_type,
                                                               metadata=upload.metadata, extra=extra)

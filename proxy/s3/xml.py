@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
-from urllib.parse import quote
 from xml.etree.ElementTree import Element, SubElement, tostring
 
 from defusedxml import ElementTree as SafeElementTree
@@ -148,16 +147,6 @@ def delete_result(deleted: Iterable[dict], errors: Iterable[dict]) -> bytes:
         _text(element, "Code", item.get("Code", "InternalError"))
         _text(element, "Message", item.get("Message", ""))
     return _document(root)
-
-
-def tagging_query(body: bytes) -> str:
-    """A Tagging document's TagSet as the `k=v&k2=v2` form of the x-amz-tagging header."""
-    root = parse_document(body, "Tagging")
-    pairs = []
-    for tag in root.iter(f"{{{NAMESPACE}}}Tag") if root.tag.startswith("{") else root.iter("Tag"):
-        fields = {_local(child.tag): child.text or "" for child in tag}
-        pairs.append(f"{quote(fields.get('Key', ''), safe='')}={quote(fields.get('Value', ''), safe='')}")
-    return "&".join(pairs)
 
 
 def list_buckets_result(buckets: Iterable[tuple[str, datetime]], owner_id: str = "bucketguard") -> bytes:

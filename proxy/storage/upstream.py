@@ -77,6 +77,19 @@ class ObjectResponse:
             body.close()
 
 
+#: Headers of an upstream write answer that S3 clients get back (the checksum is echoed by the front itself).
+WRITE_ANSWER_HEADERS = ("x-amz-version-id", "x-amz-server-side-encryption",
+                        "x-amz-server-side-encryption-aws-kms-key-id", "x-amz-expiration")
+
+
+@dataclass(frozen=True)
+class Written:
+    """An upstream write's answer: the ETag, and the headers passed back to the client."""
+
+    etag: str
+    headers: dict[str, str]
+
+
 @dataclass(frozen=True)
 class ListedPage:
     objects: list[dict[str, Any]]
@@ -211,7 +224,7 @@ class Upstream:
 
     async def put_object(self, bucket: str, key: str, body: SpooledBody, *, content_type: str = "",
                          metadata: Mapping[str, str] | None = None,
-                         extra: Mapping[str, Any] | None = None) -> str:
+                         extra: Mapping[str, Any] | None = None) -> Written:
         """Write one object; `extra` may carry IfMatch/IfNoneMatch, which the upstream itself enforces."""
         params: dict[str, Any] = {"Bucket": bucket, "Key": key, "Body": body.reader(),
                                   "ContentLength": body.size, "ContentMD5": body.md5_base64,
@@ -220,7 +233,8 @@ class Upstream:
             params["ContentType"] = content_type
         params.update(extra or {})
         response = await self._call("put_object", **params)
-        return str(response["ETag"])
+        raw = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        return Written(str(response["ETag"]), {name: raw[name] for name in WRITE_ANSWER_HEADERS if name in raw})
 
     async def delete_object(self, bucket: str, key: str, version_id: str = "") -> dict[str, str]:
         params = {"VersionId": version_id} if version_id else {}
