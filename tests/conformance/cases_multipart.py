@@ -48,6 +48,8 @@ def _two_part_upload(side: Side, key: str) -> None:
     side.call("head part 2", "head_object", Bucket=side.bucket(), Key=side.key(key), PartNumber=2,
               keep=("ContentLength", "PartsCount", "status"))
     _complete(side, "complete again", key, upload, parts)
+    side.call("list parts after complete", "list_parts", Bucket=side.bucket(), Key=side.key(key), UploadId=upload,
+              keep=("Parts", "status"), unless={"rgw": "Ceph 16 answers NoSuchKey (S3: NoSuchUpload)"})
     side.call("list uploads after", "list_multipart_uploads", Bucket=side.bucket(), Prefix=side.key(""),
               keep=("Uploads", "status"))
     side.call("complete an unknown upload", "complete_multipart_upload", Bucket=side.bucket(), Key=side.key(key),
@@ -66,6 +68,15 @@ def case_multipart_complete_twice(side: Side) -> None:
 def case_multipart_errors(side: Side) -> None:
     upload = _create(side, "e")
     small = [_part(side, "e", upload, 1, b"a" * 100), _part(side, "e", upload, 2, b"b" * 100)]
+    side.raw("part with a wrong Content-MD5", "PUT", side.bucket(), side.key("e"),
+             query=f"partNumber=3&uploadId={upload}", body=b"c" * 10,
+             headers={"content-md5": "AAAAAAAAAAAAAAAAAAAAAA=="},
+             unless={"moto": "moto stores a part whose Content-MD5 does not match"})
+    side.call("part number 0", "upload_part", Bucket=side.bucket(), Key=side.key("e"), UploadId=upload,
+              PartNumber=0, Body=b"d", unless={"moto": "moto answers NoSuchUpload (S3: InvalidArgument)",
+                                               "rgw": "Ceph 16 stores a part number 0"})
+    side.call("part number 10001", "upload_part", Bucket=side.bucket(), Key=side.key("e"), UploadId=upload,
+              PartNumber=10001, Body=b"d", unless={"rgw": "Ceph 16 stores a part number over 10,000"})
     _complete(side, "small first part", "e", upload, small)
     _complete(side, "wrong ETag", "e", upload, [{"PartNumber": 1, "ETag": '"0123456789abcdef0123456789abcdef"'}])
     side.call("parts out of order", "complete_multipart_upload", Bucket=side.bucket(), Key=side.key("e"),

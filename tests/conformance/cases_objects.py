@@ -250,3 +250,30 @@ def case_copy_tags_and_acl(side: Side) -> None:
     acl = side.call("acl of t2", "get_object_acl", Bucket=side.bucket("b"), Key=side.key("t2"), keep=("status",))
     if acl is not None:
         side.note("grants of t2", sorted((g["Grantee"].get("URI", "owner"), g["Permission"]) for g in acl["Grants"]))
+
+
+@case("PutObject", "GetObject", "CopyObject", "ListObjectsV2", buckets=("a", "new"))
+def case_limits_and_odd_arguments(side: Side) -> None:
+    """S3's limits and argument errors: key length, metadata size, max-keys edges, ranges on an empty object,
+    a copy from a missing bucket, a bad metadata directive."""
+    longest = "k" * 1024
+    side.call("key of 1,024 bytes", "put_object", Bucket=side.bucket(), Key=longest, Body=b"x", keep=("status",))
+    side.call("get it", "get_object", Bucket=side.bucket(), Key=longest, keep=("Body", "status"))
+    side.raw("key of 1,025 bytes", "PUT", side.bucket(), "k" * 1025, body=b"x",
+             unless={"moto": "moto stores a key over 1,024 bytes",
+                     "rgw": "Ceph 16 answers InvalidObjectName (S3: KeyTooLongError)"})
+    side.raw("metadata over 2 KB", "PUT", side.bucket(), side.key("meta"), body=b"x",
+             headers={"x-amz-meta-big": "m" * 2100})
+    side.call("metadata not stored", "head_object", Bucket=side.bucket(), Key=side.key("meta"))
+    side.call("max-keys 0", "list_objects_v2", Bucket=side.bucket(), MaxKeys=0)
+    side.raw("max-keys -1", "GET", side.bucket(), query="list-type=2&max-keys=-1")
+    side.raw("max-keys not a number", "GET", side.bucket(), query="list-type=2&max-keys=many",
+             unless={"moto": "moto answers a non-numeric max-keys with a 500"})
+    side.call("put empty", "put_object", Bucket=side.bucket(), Key=side.key("empty"), Body=b"", keep=("status",))
+    side.call("range on an empty object", "get_object", Bucket=side.bucket(), Key=side.key("empty"),
+              Range="bytes=0-9")
+    side.call("copy from a missing bucket", "copy_object", Bucket=side.bucket(), Key=side.key("c"),
+              CopySource={"Bucket": side.bucket("new"), "Key": "k"})
+    side.raw("bad metadata directive", "PUT", side.bucket(), side.key("c2"),
+             headers={"x-amz-copy-source": f"{side.bucket()}/{longest}", "x-amz-metadata-directive": "MERGE"},
+             unless={"moto": "moto copies with an unknown metadata directive"})
