@@ -8,7 +8,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from tests.conformance.conftest import UPSTREAM_FIXTURES, make_sides
-from tests.conformance.harness import error_code
+from tests.conformance.harness import error_code, xml_values
 
 
 @pytest.mark.parametrize("kind", list(UPSTREAM_FIXTURES))
@@ -29,3 +29,21 @@ def test_key_length_and_part_numbers(kind: str, request: pytest.FixtureRequest, 
     direct = upstream.client()
     assert direct.list_objects_v2(Bucket=bucket).get("Contents", []) == []
     assert direct.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("kind", list(UPSTREAM_FIXTURES))
+def test_list_multipart_uploads_key_marker_and_encoding(kind: str, request: pytest.FixtureRequest,
+                                                        conformance_proxies) -> None:
+    """Both upstreams ignore key-marker (and moto encoding-type): the proxy answers from its own state as S3."""
+    upstream = request.getfixturevalue(UPSTREAM_FIXTURES[kind])
+    proxy = conformance_proxies(kind, "passthrough")
+    _, side = make_sides(kind, "passthrough", upstream, proxy, ("a",))
+    bucket, s3 = side.bucket(), side.s3
+    uploads = {key: s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"] for key in ("u/one", "u/t o", "w")}
+    after = s3.list_multipart_uploads(Bucket=bucket, KeyMarker="u/one")
+    assert [u["Key"] for u in after["Uploads"]] == ["u/t o", "w"]
+    response = side.send("GET", side.url(bucket, query="uploads&encoding-type=url"))
+    assert xml_values(response.content, "EncodingType") == ["url"]
+    assert xml_values(response.content, "Key") == ["u/one", "u/t%20o", "w"]
+    for key, upload in uploads.items():
+        s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload)
