@@ -412,3 +412,23 @@ def test_copy_and_multipart_keep_the_settings_asked_for(surface, s3) -> None:
                                  MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
     grants = direct.get_object_acl(Bucket=surface.real_bucket, Key="set/mp")["Grants"]
     assert any(g["Grantee"].get("URI", "").endswith("AllUsers") for g in grants)
+
+
+def test_upstream_refusing_the_proxys_own_key_is_a_server_error(proxy_factory, moto_server_auth) -> None:
+    """moto with signature checking, the proxy configured with a wrong upstream secret: the client's own key
+    is fine, so it must get a 5xx naming the upstream, never InvalidAccessKeyId/SignatureDoesNotMatch."""
+    from tests.support.moto import S3Server
+
+    name = new_bucket(moto_server_auth)
+    wrong = S3Server(moto_server_auth.endpoint, moto_server_auth.access_key, "not-the-secret")
+    proxy = proxy_factory(upstream=wrong, real_bucket=name)
+    s3 = proxy.client()
+    for attempt in (lambda: s3.get_object(Bucket=CLIENT_BUCKET, Key="k"),
+                    lambda: s3.put_object(Bucket=CLIENT_BUCKET, Key="k", Body=b"x"),
+                    lambda: s3.get_object_tagging(Bucket=CLIENT_BUCKET, Key="k")):
+        with pytest.raises(botocore.exceptions.ClientError) as info:
+            attempt()
+        assert status_of(info) == 503
+        assert code_of(info) == "ServiceUnavailable"
+        assert moto_server_auth.endpoint in info.value.response["Error"]["Message"]
+    assert moto_server_auth.keys(name) == []
