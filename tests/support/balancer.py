@@ -77,9 +77,9 @@ class Balancer:
     async def _forward(self, scope, send, target: str, query: str, headers: list[tuple[str, str]],  # type: ignore[no-untyped-def]
                        body: bytes) -> None:
         assert self._client is not None
-        for _ in range(len(self.backends)):
-            backend = self.backends[self._turn % len(self.backends)]
-            self._turn += 1
+        start, self._turn = self._turn, self._turn + 1
+        for offset in range(len(self.backends)):  # each backend once, from this request's turn on
+            backend = self.backends[(start + offset) % len(self.backends)]
             request = self._client.build_request(scope["method"], f"{backend}{target}" + (f"?{query}" if query else ""),
                                                  headers=headers, content=body)
             try:
