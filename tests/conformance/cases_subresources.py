@@ -43,7 +43,7 @@ def case_object_acl(side: Side) -> None:
     side.call("acl of a missing key", "get_object_acl", Bucket=side.bucket(), Key=side.key("missing"))
 
 
-@case("GetObjectAttributes", "PutObject", exclude={"rgw": "Ceph 16 has no GetObjectAttributes (answers 404)"})
+@case("GetObjectAttributes", "PutObject", exclude={"rgw": "Ceph 16 has no GetObjectAttributes (answers 500)"})
 def case_object_attributes(side: Side) -> None:
     _put(side, "attrs", body=b"x" * 1234)
     side.call("attributes", "get_object_attributes", Bucket=side.bucket(), Key=side.key("attrs"),
