@@ -253,6 +253,14 @@ class MultipartState:
             rows = (await conn.execute(select(multipart_uploads.c.real_bucket).distinct())).all()
         return {row[0] for row in rows}
 
+    async def landing_keys(self, real_bucket: str) -> tuple[set[str], set[str]]:
+        """(client keys the proxy has landed or is landing uploads on, those with an upload still live): an
+        upstream multipart upload on a key of the first set but not the second is a landing left behind."""
+        c = multipart_uploads.c
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(select(c.key, c.state).where(c.real_bucket == real_bucket))).all()
+        return {row[0] for row in rows}, {row[0] for row in rows if row[1] in LIVE_STATES}
+
     async def staging_keys_in_use(self, real_bucket: str) -> set[str]:
         async with self._engine.connect() as conn:
             rows = (await conn.execute(select(multipart_uploads.c.staging_key).where(and_(

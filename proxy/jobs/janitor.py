@@ -38,6 +38,8 @@ class UploadStore(Protocol):
 
     async def real_buckets(self) -> set[str]: ...
 
+    async def landing_keys(self, real_bucket: str) -> tuple[set[str], set[str]]: ...
+
 
 @dataclass
 class JanitorRound:
@@ -97,15 +99,21 @@ class Janitor:
             if not page.is_truncated or not page.next_token:
                 break
             token = page.next_token
-        uploads = await self.upstream.list_multipart_uploads(bucket, self.staging_prefix)
+        every_upload = await self.upstream.list_multipart_uploads(bucket, "")
+        uploads = [u for u in every_upload if u["Key"].startswith(self.staging_prefix)]
         in_use = await self.uploads.staging_keys_in_use(bucket)  # after the listings: rows precede objects
+        landed, live = await self.uploads.landing_keys(bucket)
+        # A landing (the multipart copy onto the client's key) cut off by a crash leaves an upstream upload
+        # on a key the proxy landed for; clients never create upstream uploads outside the staging prefix.
+        leftovers = [u for u in every_upload if not u["Key"].startswith(self.staging_prefix)
+                     and u["Key"] in landed and u["Key"] not in live]
         seen: set[tuple[str, str, str]] = set()
         for item in objects:
             ident = (bucket, item["Key"], "")
             if item["Key"] not in in_use and self._unowned_long_enough(ident, item["LastModified"], cutoff, seen):
                 await self.upstream.delete_object(bucket, item["Key"])
                 done.orphans_deleted += 1
-        for item in uploads:
+        for item in [*uploads, *leftovers]:
             ident = (bucket, item["Key"], item["UploadId"])
             if item["Key"] not in in_use and self._unowned_long_enough(ident, item["Initiated"], cutoff, seen):
                 with contextlib.suppress(S3Error):

@@ -157,6 +157,8 @@ def test_janitor_removes_what_nobody_came_back_for(moto_server, tmp_path, silent
     config_path, real_bucket, upload_id, _, _ = _killed_while_completing(moto_server, tmp_path, silent, janitor)
     # A staging object no upload row knows (a proxy killed between the verdict and the delete).
     moto_server.client().put_object(Bucket=real_bucket, Key=".bucketguard/staging/orphan", Body=b"unscreened")
+    # A landing (the part copies onto the client's key) cut off by a kill leaves an upload on that key.
+    moto_server.client().create_multipart_upload(Bucket=real_bucket, Key="crash/image.png")
     proxy = start_subprocess(config_path, moto_server, real_bucket)
     try:
         deadline = time.monotonic() + 30
