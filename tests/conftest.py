@@ -7,3 +7,6 @@ pytest_plugins: list[str] = [
     "tests.support.rgw",
     "tests.support.postgres",
 ]
+
+#: The export lane needs torch; it runs in .venv-export through tests/test_export_lane.py.
+collect_ignore = ["export"]
