@@ -22,9 +22,11 @@ import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import resource
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +35,8 @@ from typing import Any, TypeVar
 import pebble
 
 T = TypeVar("T")
+
+_PR_SET_PDEATHSIG = 1
 
 
 class DecodeBusy(Exception):
@@ -63,8 +67,19 @@ def _address_space() -> int:
         return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _die_with_parent() -> None:
+    """Linux: a decode worker is killed when the process that started it dies (a kill -9 of `serve` would
+    otherwise leave orphans burning CPU on a bomb)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() == 1:  # the parent died before the line above ran
+            os._exit(1)
+
+
 def _start_worker(memory_bytes: int) -> None:
     """Import the decoders first (their libraries count in the address space), then cap it."""
+    _die_with_parent()
     import numpy  # noqa: F401
     import PIL.Image  # noqa: F401
 

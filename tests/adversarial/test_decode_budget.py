@@ -376,3 +376,36 @@ def test_huge_canvases(fuzz_pool: DecodePool, width: int, height: int, frames: i
     documented_outcome(fuzz_pool, png_claiming(width, height))
     documented_outcome(fuzz_pool, bomb_gif(min(width, 65535), min(height, 65535), min(frames, 300)))
 
+
+
+def test_decode_workers_die_with_the_process_that_started_them() -> None:
+    """A kill -9 of the proxy must not leave decode workers behind (one could be burning CPU on a bomb)."""
+    import os
+    import signal
+    import time
+
+    script = ("import os, sys\n"
+              "from inference.decode_pool import DecodePool\n"
+              "import time\n"
+              "pool = DecodePool(1)\n"
+              "print(pool.call(os.getpid), flush=True)\n"
+              "pool.submit(time.sleep, 60)  # the worker is busy when its parent dies\n"
+              "sys.stdin.read()\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        worker = int(parent.stdout.readline())
+        time.sleep(0.5)
+        assert worker != parent.pid and Path(f"/proc/{worker}").exists()
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and Path(f"/proc/{worker}").exists() and \
+                "Z" not in Path(f"/proc/{worker}/stat").read_text().split(")")[-1][:3]:
+            time.sleep(0.1)
+        alive = Path(f"/proc/{worker}").exists() and "Z" not in Path(f"/proc/{worker}/stat").read_text().split(
+            ")")[-1][:3]
+        assert not alive, f"decode worker {worker} outlived the process that started it"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
