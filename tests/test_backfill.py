@@ -152,3 +152,17 @@ def test_folder_scan_is_dry_run_only(tmp_path, moto_server, test_pack_path) -> N
     data = json.loads(report.read_text())
     assert data["outcomes"] == {"flagged": 1, "would-quarantine": 1}
     assert (folder / "t.png").exists()
+
+
+def test_backfill_leaves_pictrs_health_check_object_and_rejects_other_non_media(moto_server, test_pack_path,
+                                                                                 tmp_path) -> None:
+    """pict-rs 0.5.17+ keeps a 0-byte `health-check` object in its bucket; the shipped default rejects non-media,
+    and a backfill must not take the empty object for it (it would delete it on every scan)."""
+    objects = {"health-check": (b"", "application/octet-stream"),
+               "media/notes.json": (b'{"not": "media"}', "application/json")}
+    config, bucket = setup(moto_server, tmp_path / "h", test_pack_path, objects)
+    (tmp_path / "h" / "policy.toml").write_text('on_undecodable = "reject"\n')  # the shipped on_non_media
+    scan(config, tmp_path / "h.json")
+    report = json.loads((tmp_path / "h.json").read_text())
+    assert report["outcomes"] == {"clean": 1, "rejected": 1}
+    assert moto_server.keys(bucket) == ["health-check"]

@@ -1,6 +1,8 @@
 """The screening pipeline: the one place where an upload's bytes become a verdict and its consequences.
 
 The steps run in the order :func:`default_steps` lists; the first that decides ends it. Why this order:
+  0. an empty object: zero bytes hold nothing to screen (pict-rs's `health-check` object) and never reach a list,
+     the cache or the policy's `on_non_media`.
   1. allow lists first: an operator's exact SHA-256 allow (a released false positive) must win over anything
      that a model or a fuzzy match could say about the same bytes.
   2. exact block matches (lists, then the test image's exact hashes): cheapest, no decode.
@@ -29,6 +31,7 @@ from proxy.screening.steps import (
     AllowList,
     CachedSignals,
     Detectors,
+    EmptyObject,
     ExactBlock,
     NonMedia,
     PerceptualMatch,
@@ -46,6 +49,7 @@ def default_steps(*, policy: Policy, hashlists: HashLists, test_list: HashList, 
                   detectors: RunDetectors, federation: Step | None = None) -> list[Step]:
     """The screening order, top to bottom (the module docstring says why)."""
     return [
+        EmptyObject(),
         AllowList(hashlists),
         ExactBlock(hashlists, test_list),
         PerceptualMatch(hashlists, test_list),

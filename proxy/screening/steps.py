@@ -45,6 +45,19 @@ def list_decision(match: Match, facts_base: dict[str, Any], test_list: HashList)
                     match=match.as_dict(), **facts_base)
 
 
+class EmptyObject:
+    """Zero bytes hold no picture: they land, whatever the policy says of non-media (pict-rs 0.5.17+ writes an
+    empty `health-check` object on every /healthz, and a backfill must leave it be too)."""
+
+    name = "empty"
+
+    async def decide(self, facts: Facts) -> Decision | None:
+        if facts.body.size:
+            return None
+        return Decision("allow", "empty", "", self.name, "an empty object carries no content",
+                        policy_version=facts.policy_version, sha256=facts.hashes.sha256, md5=facts.hashes.md5)
+
+
 class AllowList:
     """The operator's allow lists (files and released items in the database): exact SHA-256 only."""
 
