@@ -98,6 +98,11 @@ def test_internal_keys_are_not_served(kind: str, request: pytest.FixtureRequest,
     internal = ".bucketguard/staging/planted"
     direct.put_object(Bucket=mine, Key=internal, Body=b"staged, unscreened")
     s3.put_object(Bucket=mine, Key="own", Body=b"own")
+    # Listings never show the staging prefix (a sync tool would try to copy it).
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=mine)["Contents"]] == ["own"]
+    assert [o["Key"] for o in s3.list_objects(Bucket=mine)["Contents"]] == ["own"]
+    assert [v["Key"] for v in s3.list_object_versions(Bucket=mine)["Versions"]] == ["own"]
+    assert s3.list_objects_v2(Bucket=mine, Delimiter="/").get("CommonPrefixes", []) == []
     codes = {
         "GetObject": _refused(lambda: s3.get_object(Bucket=mine, Key=internal)),
         "PutObject": _refused(lambda: s3.put_object(Bucket=mine, Key=internal, Body=b"x")),
