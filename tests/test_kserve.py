@@ -3,7 +3,7 @@ equal to the in-process engine's; the Triton repository the CLI writes.
 
 MLServer pins an older starlette than bucketguard, so it lives in its own virtual environment
 (`.venv-mlserver`, made by `scripts/bootstrap dev`, or here on first use) and runs as a separate process with the
-small onnxruntime runtime bucketguard ships (inference/export/mlserver_onnx.py).
+small onnxruntime runtime bucketguard ships (inference/data/mlserver_onnx.py).
 """
 
 from __future__ import annotations

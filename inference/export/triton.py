@@ -9,7 +9,8 @@ with `--fp16`, its checksummed float16 variant is the model (float32 in and out)
 backend is asked to run TensorRT in FP16 on the GPU.
 
 `write_mlserver_repo` writes the same graphs for MLServer (any KServe v2 server will do) with a small
-onnxruntime runtime (`inference/export/mlserver_onnx.py`, copied beside them); the tests use it.
+onnxruntime runtime (`inference/data/mlserver_onnx.py`, copied beside them; it runs inside MLServer, never in
+bucketguard); the tests use it.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def write_triton_repo(pack_path: str | Path, out: str | Path, *, max_batch: int 
 def write_mlserver_repo(pack: Pack, out: Path) -> list[str]:
     """The pack's graphs for MLServer with the onnxruntime runtime beside them; returns the model names."""
     out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(Path(__file__).with_name("mlserver_onnx.py"), out / "mlserver_onnx.py")
+    shutil.copyfile(Path(__file__).parent.parent / "data" / "mlserver_onnx.py", out / "mlserver_onnx.py")
     names = []
     for role in pack.models:
         name = pack.model_name(role)
