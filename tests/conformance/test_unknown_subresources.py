@@ -13,6 +13,7 @@ REQUESTS = [
     ("PUT", True, "website"), ("PUT", True, "retention"), ("PUT", True, "legal-hold"), ("POST", True, "restore"),
     ("PUT", True, "torrent"), ("GET", True, "torrent"), ("PUT", False, "policy"), ("PUT", False, "cors"),
     ("GET", False, "cors"), ("DELETE", False, "lifecycle"), ("PUT", True, "acl&website"), ("PUT", True, "select"),
+    ("POST", True, "select&select-type=2"), ("PUT", False, "versioning"), ("PUT", False, "notification"),
 ]
 
 
@@ -30,6 +31,11 @@ def test_unknown_subresources_are_501_and_leave_the_object_alone(kind: str, requ
         response = side.send(method, side.url(bucket, "victim" if on_object else None, query),
                              body=b"<overwrite>attacker bytes</overwrite>" if method in ("PUT", "POST") else b"")
         answers[f"{method} {query}"] = (response.status_code, error_code(response))
+    # A browser-form upload (POST on the bucket) would land bytes without the proxy's screening: refused too.
+    form = (b'--x\r\nContent-Disposition: form-data; name="key"\r\n\r\nvictim\r\n--x\r\n'
+            b'Content-Disposition: form-data; name="file"; filename="a.png"\r\n\r\nform bytes\r\n--x--\r\n')
+    response = side.send("POST", side.url(bucket), {"content-type": "multipart/form-data; boundary=x"}, form)
+    answers["POST form upload"] = (response.status_code, error_code(response))
     assert answers == {label: (501, "NotImplemented") for label in answers}
     direct = upstream.client()
     assert direct.get_object(Bucket=bucket, Key="victim")["Body"].read() == original
