@@ -45,6 +45,8 @@ def _two_part_upload(side: Side, key: str) -> None:
     _complete(side, "complete", key, upload, parts)
     side.call("get", "get_object", Bucket=side.bucket(), Key=side.key(key), keep=("Body", "ContentLength",
                                                                                   "ContentType", "ETag", "status"))
+    side.call("range across the part boundary", "get_object", Bucket=side.bucket(), Key=side.key(key),
+              Range=f"bytes={5 * MIB - 10}-{5 * MIB + 9}", keep=("Body", "ContentRange", "ContentLength", "status"))
     side.call("head part 2", "head_object", Bucket=side.bucket(), Key=side.key(key), PartNumber=2,
               keep=("ContentLength", "PartsCount", "status"))
     _complete(side, "complete again", key, upload, parts)
