@@ -146,6 +146,10 @@ def case_delete_objects(side: Side) -> None:
              unless={"moto": "moto deletes more than 1,000 keys in one request",
                      "rgw": "Ceph 16 answers 1,001 keys with a 400 without an error code"})
     side.call("d4 still there", "head_object", Bucket=side.bucket(), Key=side.key("d4"))
+    thousand = side.call("1,000 keys (the most S3 takes)", "delete_objects", Bucket=side.bucket(), keep=("Errors",),
+                         Delete={"Objects": [{"Key": side.key(f"none/{i}")} for i in range(1000)], "Quiet": False})
+    if thousand is not None:
+        side.note("1,000 deleted", len(thousand.get("Deleted", [])))
 
 
 @case("CopyObject", "PutObject", "HeadObject", "GetObject", buckets=("a", "b"))
