@@ -90,6 +90,7 @@ def pipeline_extension(config: Config) -> Callable[[AppState], Awaitable[Any]]:
                                purger=purger)
         # The front calls this once a screened write has landed; rows it never confirms wait pending_confirm_s.
         state.operations.on_landed = pending.confirm
+        state.operations.on_write_failed = pipeline.write_failed
         worker.start()
         state.extras.update(pipeline=pipeline, quarantine=quarantine, pending=pending, pending_worker=worker)
 

@@ -35,9 +35,11 @@ GENESIS_HASH = "0" * 64
 
 #: Event types: what the proxy decided, and what an operator (or the proxy on their behalf) did.
 DECISION_EVENTS = frozenset({"quarantine", "reject", "flag"})
+#: What the proxy learnt after a decision: the let-through write of a flagged upload failed upstream.
+OUTCOME_EVENTS = frozenset({"write-failed"})
 OPERATOR_EVENTS = frozenset({"reported", "hold", "unhold", "purge", "release", "confirm", "reveal", "export",
                              "pictrs-purge"})  # pictrs-purge: proxy/integrations/pictrs.py
-EVENT_TYPES = DECISION_EVENTS | OPERATOR_EVENTS
+EVENT_TYPES = DECISION_EVENTS | OUTCOME_EVENTS | OPERATOR_EVENTS
 
 #: Fields covered by record_hash, in the order they are documented (the canonical form sorts them).
 HASHED_FIELDS: tuple[str, ...] = (

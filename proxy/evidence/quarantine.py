@@ -27,7 +27,8 @@ from proxy.state import Migration, metadata, widen_to_bigint
 
 #: What the screen decided -> the item's first status.
 _STATUS_OF_ACTION = {"quarantine": "quarantined", "reject": "rejected", "flag": "flagged"}
-STATUSES = ("quarantined", "rejected", "flagged", "released", "confirmed", "purged")
+#: not-landed: a flag whose upstream write then failed (the object never reached the bucket)
+STATUSES = ("quarantined", "rejected", "flagged", "released", "confirmed", "purged", "not-landed")
 
 quarantine_items = Table(
     "quarantine_items",

@@ -104,11 +104,21 @@ class Pipeline:
                           upload.size, upload.sha256, upload.md5, decision.pdq, decision.signals, decision.rule,
                           decision.category, decision.packs, decision.policy_version)
             body = upload.body.reader() if decision.action == "quarantine" else None
-            await self.quarantine.record(catch, body=body, actor=actor or decision.decided_by or upload.access_key)
+            record_id = await self.quarantine.record(catch, body=body,
+                                                     actor=actor or decision.decided_by or upload.access_key)
+        else:
+            record_id = ""
         if decision.pending and self.enqueue_pending is not None:
             await self.enqueue_pending(upload, decision)
         return Verdict(decision.action, rule=decision.rule, reason=decision.reason,  # type: ignore[arg-type]
-                       category=decision.category)
+                       category=decision.category, record_id=record_id)
+
+    async def write_failed(self, upload: Upload, verdict: Verdict, error: BaseException) -> None:
+        """The front could not write a let-through upload upstream: a flag recorded for it must say that the
+        object never landed (the record is written before the write, so that a crash after landing leaves one)."""
+        if verdict.record_id and self.quarantine is not None:
+            await self.quarantine.record_event(verdict.record_id, "write-failed", actor="proxy", status="not-landed",
+                                               detail={"error": f"{type(error).__name__}: {error}"[:500]})
 
     async def screen(self, upload: Upload) -> Verdict:
         """The gateway's screen: decide, record the consequences, answer."""

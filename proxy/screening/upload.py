@@ -51,6 +51,8 @@ class Verdict:
     rule: str = ""
     reason: str = ""
     category: str = ""
+    #: the quarantine item the screen recorded for this upload (a flag, quarantine or reject), if any
+    record_id: str = ""
 
     @property
     def lands(self) -> bool:
