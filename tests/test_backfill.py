@@ -166,3 +166,22 @@ def test_backfill_leaves_pictrs_health_check_object_and_rejects_other_non_media(
     report = json.loads((tmp_path / "h.json").read_text())
     assert report["outcomes"] == {"clean": 1, "rejected": 1}
     assert moto_server.keys(bucket) == ["health-check"]
+
+
+def test_scan_in_pass_through_mode_names_its_bucket(moto_server, test_pack_path, tmp_path) -> None:
+    """`[upstream] buckets = "*"` serves every bucket: the scan needs --bucket, then scans that bucket."""
+    objects = {"media/a.jpg": corpus(4)["media/00003.jpg"]}
+    config, bucket = setup(moto_server, tmp_path / "p", test_pack_path, objects)
+    text = config.read_text()
+    mapping = f'[upstream.buckets]\n{CLIENT_BUCKET} = "{bucket}"\n'
+    assert mapping in text
+    passthrough = 'addressing = "path"\nbuckets = "*"\n'
+    config.write_text(text.replace(mapping, "").replace('addressing = "path"\n', passthrough))
+    missing = subprocess.run([sys.executable, "-m", "proxy.cli", "scan", "--config", str(config), "--no-progress"],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode != 0 and "--bucket is needed" in missing.stderr and "Traceback" not in missing.stderr
+    report = tmp_path / "p.json"
+    process = subprocess.run([sys.executable, "-m", "proxy.cli", "scan", "--config", str(config), "--bucket", bucket,
+                              "--no-progress", "--report", str(report)], capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stdout + process.stderr
+    assert json.loads(report.read_text())["outcomes"] == {"clean": 1}

@@ -128,12 +128,15 @@ async def _scan_bucket(config, args, since):
     from proxy.state import Database
     from proxy.storage.upstream import Upstream
 
-    bucket = args.bucket or (next(iter(config.upstream.buckets)) if len(config.upstream.buckets) == 1 else None)
+    mapped = config.bucket_map
+    bucket = args.bucket or (next(iter(mapped)) if len(mapped) == 1 else None)
     if bucket is None:
-        raise CommandError("--bucket is needed: the config maps several buckets (or none)")
+        raise CommandError("--bucket is needed: the config maps several buckets, or passes every bucket through")
     real_bucket = config.real_bucket(bucket)
     if real_bucket is None:
         raise CommandError(f"--bucket {bucket}: not a bucket of this config")
+    if config.quarantine.store == "s3" and real_bucket == config.quarantine.bucket:
+        raise CommandError(f"--bucket {bucket}: that is the quarantine bucket; the evidence in it is not scanned")
     db = Database(config.database.url)
     await db.migrate()
     upstream = Upstream(config.upstream, config.limits)
