@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -92,16 +93,27 @@ class ScanOptions:
     lease_s: float = 60.0  # how long a dead scanner on another machine keeps its objects
 
 
+def _machine() -> str:
+    """This machine as scanners name it: host name and kernel boot id (two hosts or containers that share a
+    host name rarely share a boot id; pids are only comparable under the same boot and pid namespace)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = "noboot"
+    namespace = os.stat("/proc/self/ns/pid").st_ino if os.path.exists("/proc/self/ns/pid") else 0
+    return f"{socket.gethostname()}:{boot}:{namespace}"
+
+
 def scanner_id() -> str:
-    """This scanner's name in the database: host, pid and a random tag (a pid can be reused)."""
-    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+    """This scanner's name in the database: machine, pid and a random tag (a pid can be reused)."""
+    return f"{_machine()}/{os.getpid()}/{secrets.token_hex(4)}"
 
 
 def _dead_here(owner: str) -> bool:
-    """True for a scanner of this machine whose process is gone."""
-    host, _, rest = owner.partition("/")
+    """True for a scanner of this machine (same host, boot and pid namespace) whose process is gone."""
+    machine, _, rest = owner.partition("/")
     pid_text = rest.partition("/")[0]
-    if host != socket.gethostname() or not pid_text.isdigit() or int(pid_text) == os.getpid():
+    if machine != _machine() or not pid_text.isdigit() or int(pid_text) == os.getpid():
         return False
     try:
         os.kill(int(pid_text), 0)
