@@ -31,7 +31,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "inference": {"proxy.front", "proxy.screening", "proxy.evidence", "proxy.jobs", "proxy.admin", "proxy.demo",
                   "proxy.storage", "proxy.s3", "proxy.federation", "proxy.integrations"},
 }
-TOP_LEVEL_LEAVES = {"proxy.config", "proxy.state", "proxy.metrics", "proxy.logs"}
+TOP_LEVEL_LEAVES = {"proxy.config", "proxy.config_sections", "proxy.state", "proxy.metrics", "proxy.logs"}
 MAX_LINES = 400
 
 
