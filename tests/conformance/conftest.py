@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy.app import build_app
 from proxy.config import load_config
 from tests.conformance.harness import Side
 from tests.support.moto import S3Server
@@ -39,16 +40,24 @@ def passthrough_config(tmp: Path, upstream: S3Server, extra: str = "") -> Path:
 @pytest.fixture(scope="session")
 def conformance_proxies(request: pytest.FixtureRequest,
                         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str, str], RunningProxy]]:
-    """`proxy_for(kind, mode)`: the session's proxy in front of that upstream, in "passthrough", "mapped" or
-    "guarded" mode (pass-through with the quarantine kept in a bucket of the same upstream)."""
+    """`proxy_for(kind, mode)`: the session's proxy in front of that upstream, in "passthrough", "mapped",
+    "guarded" (pass-through with the quarantine kept in a bucket of the same upstream) or "screened" mode
+    (pass-through with the real screening pipeline instead of the allow-all screen)."""
     started: dict[tuple[str, str], RunningProxy] = {}
 
     def proxy_for(kind: str, mode: str) -> RunningProxy:
         if (kind, mode) not in started:
             upstream: S3Server = request.getfixturevalue(UPSTREAM_FIXTURES[kind])
             tmp = tmp_path_factory.mktemp(f"conformance-{kind}-{mode}")
+            app = None
             if mode == "passthrough":
                 real_bucket, path = "", passthrough_config(tmp, upstream)
+            elif mode == "screened":  # pass-through with the real screening pipeline (policy: let non-media land)
+                policy = tmp / "policy.toml"
+                policy.write_text('on_non_media = "allow"\non_undecodable = "allow"\non_unavailable = "allow"\n')
+                real_bucket, path = "", passthrough_config(tmp, upstream)
+                path.write_text(path.read_text().replace("[screening]\n", f'[screening]\npolicy = "{policy}"\n', 1))
+                app = build_app(load_config(path))
             elif mode == "guarded":  # pass-through, with the quarantine in a bucket of the same upstream
                 upstream.client().create_bucket(Bucket=quarantine_bucket(kind))
                 real_bucket, path = "", passthrough_config(tmp, upstream, extra=(
@@ -58,7 +67,7 @@ def conformance_proxies(request: pytest.FixtureRequest,
                 real_bucket = f"cf-mapped-{kind}"
                 upstream.client().create_bucket(Bucket=real_bucket)
                 path = write_config(tmp, upstream, real_bucket)
-            started[(kind, mode)] = start_in_process(load_config(path), upstream, real_bucket, path)
+            started[(kind, mode)] = start_in_process(load_config(path), upstream, real_bucket, path, app=app)
         return started[(kind, mode)]
 
     yield proxy_for
