@@ -52,3 +52,20 @@ def test_copies_of_unscreened_test_image_are_refused(screened) -> None:
     s3.copy_object(Bucket=CLIENT_BUCKET, Key="new/clean-copy.bin",
                    CopySource={"Bucket": CLIENT_BUCKET, "Key": "new/clean.bin"})
     assert proxy.upstream.get(proxy.real_bucket, "new/clean-copy.bin") == clean
+
+
+def test_a_source_swapped_behind_the_proxy_is_screened_again(screened) -> None:
+    """A clean verdict belongs to bytes, not to a key: after the source key's bytes are replaced directly in
+    the bucket (by the test image), a copy through the proxy is screened again and refused."""
+    from proxy.screening.testimage import generate_png
+
+    proxy = screened
+    s3 = proxy.client("rclone-key")
+    source = {"Bucket": CLIENT_BUCKET, "Key": "a.png"}
+    s3.put_object(Bucket=CLIENT_BUCKET, Key="a.png", Body=b"clean bytes through the proxy")
+    s3.copy_object(Bucket=CLIENT_BUCKET, Key="warm.png", CopySource=source)  # the clean verdict is now known
+    proxy.upstream.client().put_object(Bucket=proxy.real_bucket, Key="a.png", Body=generate_png())
+    with pytest.raises(ClientError) as refusal:
+        s3.copy_object(Bucket=CLIENT_BUCKET, Key="b.png", CopySource=source)
+    assert refusal.value.response["Error"]["Code"] == "AccessDenied"
+    assert proxy.upstream_keys() == ["a.png", "warm.png"]
