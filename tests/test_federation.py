@@ -66,8 +66,9 @@ def test_key_file_is_private_and_never_overwritten(tmp_path: Path) -> None:
 
 
 def attestation(**changes) -> dict:
-    payload = Attestation(new_id(), "A", SHA, "", "clean", "detectors", "", {"nsfw": 0.1}, {"p": "1"}, NOW,
-                          NOW + 60).payload()
+    now = int(time.time())  # at the call: the suite may reach this test long after collection
+    payload = Attestation(new_id(), "A", SHA, "", "clean", "detectors", "", {"nsfw": 0.1}, {"p": "1"}, now,
+                          now + 3600).payload()
     payload.update(changes)
     return payload
 
