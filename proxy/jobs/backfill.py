@@ -217,7 +217,9 @@ class Backfill:
             if not (decision.action in ("quarantine", "reject") and await self._recorded(key, body.sha256)):
                 await self.pipeline.act(upload, decision, actor="backfill")
             if decision.action in ("quarantine", "reject"):
-                await self.upstream.delete_object(o.real_bucket, key)
+                # the version read, by id where the bucket keeps versions: a plain delete would only add a
+                # delete marker and leave the caught bytes readable by versionId
+                await self.upstream.delete_object(o.real_bucket, key, headers.get("x-amz-version-id", ""))
                 if self.purger is not None:  # in quarantine and out of the bucket: out of pict-rs too
                     await self.purger.purge_moved(self.db.engine, bucket=o.bucket, key=key, sha256=body.sha256,
                                                   actor="backfill")

@@ -213,7 +213,7 @@ class PendingWorker:
                            spool_dir=self.limits.spool_dir or None)
         try:
             try:
-                await self.upstream.read_object(row.real_bucket, row.key, body)
+                headers = await self.upstream.read_object(row.real_bucket, row.key, body)
             except S3Error as exc:
                 if exc.code == "NoSuchKey":
                     return await self._not_there(row, "the object was not in the bucket")
@@ -233,8 +233,8 @@ class PendingWorker:
                 await self.pending.retry_later(row.id, self._delay(row.attempts))
                 return "waiting"
             await self.pipeline.act(upload, decision, actor=decision.decided_by or "deferred-scan")
-            if decision.action in ("quarantine", "reject"):
-                await self.upstream.delete_object(row.real_bucket, row.key)
+            if decision.action in ("quarantine", "reject"):  # the version read (see jobs.backfill)
+                await self.upstream.delete_object(row.real_bucket, row.key, headers.get("x-amz-version-id", ""))
                 if self.purger is not None:
                     await self.purger.purge_moved(self.pipeline.quarantine.engine, bucket=row.bucket, key=row.key,
                                                   sha256=row.sha256, actor="deferred-scan")
