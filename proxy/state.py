@@ -8,6 +8,7 @@ under a database-wide lock so that two replicas starting together do not race.
 from __future__ import annotations
 
 import importlib
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -166,7 +167,16 @@ class Database:
 
 def _sqlite_pragmas(dbapi_connection: object, _record: object) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # Switching a new file to WAL needs it unlocked for a moment, and SQLite answers "database is locked" at
+    # once (no busy handler) while another process is migrating it: try again for a while, as the timeout would.
+    for attempt in range(200):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except Exception as exc:
+            if "locked" not in str(exc) or attempt == 199:
+                raise
+            time.sleep(0.05)
     cursor.execute("PRAGMA synchronous=FULL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
