@@ -59,12 +59,7 @@ class InferenceClient:
     async def screen(self, data: bytes, content_type: str | None = None) -> ScreenResult:
         self._maybe_probe()
         errors: list[str] = []
-        tried: set[int] = set()
-        for _ in range(self.retries + 1):
-            index = self.pool.acquire(tried)
-            if index is None:
-                break
-            tried.add(index)
+        for index in self.pool.attempts(self.retries):
             endpoint = self.endpoints[index]
             try:
                 response = await self._client.post(f"{endpoint}/v1/screen", content=data,

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -67,6 +67,17 @@ class EndpointPool:
                 best = min(candidates, key=lambda i: self.states[i].down_until)
             self.states[best].outstanding += 1
             return best
+
+    def attempts(self, retries: int) -> Iterator[int]:
+        """The endpoints one request tries: up to ``retries + 1``, each a different one, each acquired (the caller
+        releases it), while any is usable."""
+        tried: set[int] = set()
+        for _ in range(retries + 1):
+            index = self.acquire(tried)
+            if index is None:
+                return
+            tried.add(index)
+            yield index
 
     def release(self, index: int, *, ok: bool) -> None:
         """The call to `index` is over; `ok` False (transport error, timeout, 5xx) starts or extends a back-off."""

@@ -97,12 +97,7 @@ class KServeSession:
             raise KServeError(f"{self.model}: name the outputs to fetch")
         body = encode_request(feeds, output_names)
         errors: list[str] = []
-        tried: set[int] = set()
-        for _ in range(self.retries + 1):
-            index = self.pool.acquire(tried)
-            if index is None:
-                break
-            tried.add(index)
+        for index in self.pool.attempts(self.retries):
             url = f"{self.pool.states[index].url}/v2/models/{self.model}/infer"
             try:
                 with self._client.stream("POST", url, content=body) as response:
