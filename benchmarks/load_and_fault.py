@@ -385,10 +385,13 @@ def audit(run: Run, moto, bucket: str, db: Path, config: Path) -> tuple[dict, li
         "objects in the bucket by state": dict(states),
         "quarantine items": dict(Counter(f"{a}/{s}" for _, _, a, s in items)),
         "landed then caught by a deferred scan": caught_later,
-        # a flag record says the object landed (flagged); one whose object is not there is a record of a write
-        # that failed after the verdict (issue 9: records must say what really happened)
-        "flag records whose object is not in the bucket": sum(
-            1 for k, s, a, _ in items if a == "flag" and hashlib.sha256(objects.get(k, b"")).hexdigest() != s),
+        # a flag whose write failed after the verdict is marked not-landed (issue 9: records say what happened);
+        # one still "flagged" without its object is a proxy killed between the verdict and the write's answer
+        "flag records marked not-landed (write failed)": sum(1 for _, _, a, st in items
+                                                               if a == "flag" and st == "not-landed"),
+        "flag records still 'flagged' whose object is not in the bucket": sum(
+            1 for k, s, a, st in items
+            if a == "flag" and st == "flagged" and hashlib.sha256(objects.get(k, b"")).hexdigest() != s),
         "evidence verify": verify.stdout.strip().splitlines()[-1] if verify.stdout.strip() else verify.returncode,
     }
     return summary, violations
