@@ -360,3 +360,28 @@ def _closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+async def test_upstream_breaking_off_mid_body_is_service_unavailable() -> None:
+    """An upstream killed while it sends an object (a Complete reading back its staging object, a backfill): the
+    read ends in 503 ServiceUnavailable, never an unexpected 500 (seen in the load-and-fault run)."""
+    async def cut_off(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nETag: \"x\"\r\n\r\n" + b"a" * 1000)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(cut_off, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = Upstream(UpstreamConfig(endpoint=f"http://127.0.0.1:{port}", access_key="a", secret_key="b"),
+                      LimitsConfig(upstream_connect_timeout_s=1, upstream_read_timeout_s=2))
+    await client.start()
+    body = SpooledBody(memory_limit=1 << 20, max_bytes=1 << 20)
+    try:
+        with pytest.raises(S3Error) as failed:
+            await client.read_object("bucket", "key", body)
+    finally:
+        body.close()
+        await client.close()
+        server.close()
+    assert (failed.value.code, failed.value.status) == ("ServiceUnavailable", 503)

@@ -68,6 +68,9 @@ class ObjectResponse:
         try:
             async for chunk in self._body.iter_chunks(chunk_size):
                 yield chunk
+        except (aiohttp.ClientError, BotoCoreError, OSError, TimeoutError) as exc:  # the upstream broke off mid-body
+            raise S3Error("ServiceUnavailable", f"The storage behind this proxy broke off: {type(exc).__name__}") \
+                from exc
         finally:
             await self.close()
 
