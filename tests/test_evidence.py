@@ -176,19 +176,31 @@ async def test_two_engines_on_one_file_keep_one_chain(tmp_path: Path, db: Databa
 
 _APPEND_SCRIPT = """
 import asyncio, sys
+from sqlalchemy import text
 from proxy.evidence import log as evidence
 from proxy.state import Database
 
-async def main(url, tag):
+async def count(db, actor):
+    async with db.engine.connect() as conn:
+        return (await conn.execute(
+            text("SELECT count(*) FROM evidence_records WHERE actor = :a"), {"a": actor})).scalar_one()
+
+async def main(url, tag, other):
     db = Database(url)
     await evidence.verify(db.engine)  # connected and warm
     print("ready", flush=True)
     sys.stdin.readline()  # both start appending at once
     for n in range(150):
         await evidence.append_one(db.engine, evidence.Event(event="flag", item_id=f"{tag}-{n}", actor=tag))
+        if n % 25 == 24:
+            # A rendezvous every 25 records: without it one process can finish before the other starts, and the
+            # chain would never see two writers at once. Between rendezvous both append concurrently.
+            deadline = asyncio.get_running_loop().time() + 30
+            while await count(db, other) < n + 1 - 25 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.01)
     await db.close()
 
-asyncio.run(main(sys.argv[1], sys.argv[2]))
+asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
 """
 
 
@@ -196,8 +208,9 @@ async def test_two_processes_appending_keep_one_unbroken_chain(tmp_path: Path, d
     url = sqlite_url(tmp_path / "bucketguard.db")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     procs = [await asyncio.create_subprocess_exec(
-        sys.executable, "-c", _APPEND_SCRIPT, url, tag, env=env, stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE) for tag in ("replica-a", "replica-b")]
+        sys.executable, "-c", _APPEND_SCRIPT, url, tag, other, env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        for tag, other in (("replica-a", "replica-b"), ("replica-b", "replica-a"))]
     for proc in procs:
         assert proc.stdout is not None
         assert await asyncio.wait_for(proc.stdout.readline(), timeout=60) == b"ready\n"
