@@ -28,8 +28,9 @@ def sqlite_url(path: Path) -> str:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(sqlite_url(tmp_path / "bucketguard.db"))
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A migrated state database, once on SQLite and once on PostgreSQL (tests/support/postgres.py)."""
+    database = Database(database_url)
     await database.migrate()
     yield database
     await database.close()
@@ -47,7 +48,7 @@ def make_event(n: int, **overrides: object) -> Event:
     return Event(**fields)  # type: ignore[arg-type]
 
 
-def write_config(tmp_path: Path, db_path: Path) -> Path:
+def write_config(tmp_path: Path, database_url: str) -> Path:
     config = tmp_path / "bucketguard.toml"
     config.write_text(textwrap.dedent(f"""
         [[clients]]
@@ -55,7 +56,7 @@ def write_config(tmp_path: Path, db_path: Path) -> Path:
         secret_key = "secret"
 
         [database]
-        url = "{sqlite_url(db_path)}"
+        url = "{database_url}"
 
         [quarantine]
         path = "{tmp_path / 'quarantine'}"
@@ -161,8 +162,8 @@ async def test_records_cut_from_the_end_are_noticed(db: Database) -> None:
     assert result.problem.startswith("missing sequence: records 3 to 4 are missing")
 
 
-async def test_two_engines_on_one_file_keep_one_chain(tmp_path: Path, db: Database) -> None:
-    other = Database(sqlite_url(tmp_path / "bucketguard.db"))
+async def test_two_engines_on_one_database_keep_one_chain(database_url: str, db: Database) -> None:
+    other = Database(database_url)
     try:
         async def writer(database: Database, start: int) -> None:
             for n in range(start, start + 15):
@@ -204,8 +205,8 @@ asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3]))
 """
 
 
-async def test_two_processes_appending_keep_one_unbroken_chain(tmp_path: Path, db: Database) -> None:
-    url = sqlite_url(tmp_path / "bucketguard.db")
+async def test_two_processes_appending_keep_one_unbroken_chain(database_url: str, db: Database) -> None:
+    url = database_url
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
     procs = [await asyncio.create_subprocess_exec(
         sys.executable, "-c", _APPEND_SCRIPT, url, tag, other, env=env, stdin=asyncio.subprocess.PIPE,
@@ -244,13 +245,12 @@ async def test_chain_proof_verifies_and_catches_tampering(db: Database) -> None:
         await evidence.chain_proof(db.engine, 9)
 
 
-def test_cli_verify_reports_count_then_names_the_broken_record(tmp_path: Path,
+def test_cli_verify_reports_count_then_names_the_broken_record(tmp_path: Path, database_url: str,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
-    db_path = tmp_path / "bucketguard.db"
-    config = write_config(tmp_path, db_path)
+    config = write_config(tmp_path, database_url)
 
     async def populate() -> None:
-        database = Database(sqlite_url(db_path))
+        database = Database(database_url)
         await database.migrate()
         for n in range(1, 4):
             await evidence.append_one(database.engine, make_event(n))
@@ -265,7 +265,7 @@ def test_cli_verify_reports_count_then_names_the_broken_record(tmp_path: Path,
     assert evidence.verify_proof(json.loads(proof_path.read_text(encoding="utf-8"))) == ""
 
     async def tamper() -> None:
-        database = Database(sqlite_url(db_path))
+        database = Database(database_url)
         async with database.engine.begin() as conn:
             await conn.execute(text("UPDATE evidence_records SET actor = 'someone else' WHERE seq = 2"))
         await database.close()
@@ -279,9 +279,10 @@ def test_cli_verify_reports_count_then_names_the_broken_record(tmp_path: Path,
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SQLite only by nature: a missing database file is named, and not created by `evidence verify`."""
     assert cli_main(["evidence", "verify", "--config", str(tmp_path / "absent.toml")]) == 2
     assert "no such config file" in capsys.readouterr().err
-    config = write_config(tmp_path, tmp_path / "absent.db")
+    config = write_config(tmp_path, sqlite_url(tmp_path / "absent.db"))
     assert cli_main(["evidence", "verify", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "absent.db does not exist" in err

@@ -30,10 +30,6 @@ from proxy.state import Database
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
 
 
-def sqlite_url(path: Path) -> str:
-    return f"sqlite+aiosqlite:///{path}"
-
-
 def catch_for(data: bytes, action: str = "quarantine", **overrides: Any) -> Catch:
     fields: dict[str, Any] = dict(
         action=action, bucket="pict-rs", key=f"files/{uuid.uuid4().hex}.png", access_key="AKPICTRS",
@@ -50,8 +46,9 @@ async def read_all(chunks: AsyncIterator[bytes]) -> bytes:
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(sqlite_url(tmp_path / "bucketguard.db"))
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A migrated state database, once on SQLite and once on PostgreSQL (tests/support/postgres.py)."""
+    database = Database(database_url)
     await database.migrate()
     yield database
     await database.close()
@@ -290,7 +287,7 @@ async def test_export_refuses_purged_bytes_unless_record_only(quarantine: Quaran
 # -- CLI ----------------------------------------------------------------------------------------------
 
 
-def write_config(tmp_path: Path) -> Path:
+def write_config(tmp_path: Path, database_url: str) -> Path:
     config = tmp_path / "bucketguard.toml"
     config.write_text(textwrap.dedent(f"""
         [[clients]]
@@ -298,7 +295,7 @@ def write_config(tmp_path: Path) -> Path:
         secret_key = "secret"
 
         [database]
-        url = "{sqlite_url(tmp_path / 'bucketguard.db')}"
+        url = "{database_url}"
 
         [quarantine]
         path = "{tmp_path / 'quarantine'}"
@@ -307,9 +304,9 @@ def write_config(tmp_path: Path) -> Path:
     return config
 
 
-def seed(tmp_path: Path, catches: list[tuple[Catch, bytes | None]]) -> list[str]:
+def seed(tmp_path: Path, database_url: str, catches: list[tuple[Catch, bytes | None]]) -> list[str]:
     async def run() -> list[str]:
-        database = Database(sqlite_url(tmp_path / "bucketguard.db"))
+        database = Database(database_url)
         await database.migrate()
         quarantine = Quarantine(database.engine, LocalStore(tmp_path / "quarantine"))
         ids = [await quarantine.record(catch, body=body) for catch, body in catches]
@@ -319,11 +316,11 @@ def seed(tmp_path: Path, catches: list[tuple[Catch, bytes | None]]) -> list[str]
     return asyncio.run(run())
 
 
-def test_cli_list_show_hold_purge_export(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+def test_cli_list_show_hold_purge_export(tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")  # rich's table width when output is not a terminal
-    config = write_config(tmp_path)
-    kept, flagged = seed(tmp_path, [(catch_for(PNG), PNG), (catch_for(b"gif", "flag"), None)])
+    config = write_config(tmp_path, database_url)
+    kept, flagged = seed(tmp_path, database_url, [(catch_for(PNG), PNG), (catch_for(b"gif", "flag"), None)])
     base = ["--config", str(config)]
 
     assert cli_main(["quarantine", "list", "--json", *base]) == 0
@@ -366,9 +363,9 @@ def test_cli_list_show_hold_purge_export(tmp_path: Path, capsys: pytest.CaptureF
     assert "intact: 7 record(s)" in capsys.readouterr().out
 
 
-def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    config = write_config(tmp_path)
-    seed(tmp_path, [])
+def test_cli_errors_are_one_line(tmp_path: Path, database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path, database_url)
+    seed(tmp_path, database_url, [])
     base = ["--config", str(config)]
     assert cli_main(["quarantine", "show", "0" * 32, *base]) == 1
     err = capsys.readouterr().err
