@@ -1,5 +1,8 @@
-"""The state database: migrations once each (also with two engines and two processes on one SQLite file),
-WAL and busy timeout, the multipart repository's compare-and-set, and DDL that is not SQLite-only."""
+"""The state database: migrations once each (also with two engines and two processes on one database), WAL and
+busy timeout on SQLite, the multipart repository's compare-and-set, and DDL that is not SQLite-only.
+
+Every database-backed test runs on SQLite and on a real PostgreSQL (`database_url`, tests/support/postgres.py).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.schema import CreateIndex, CreateTable
 
@@ -32,16 +35,16 @@ def sqlite_url(path: Path) -> str:
 
 
 @pytest.fixture
-async def two_databases(tmp_path: Path) -> AsyncIterator[tuple[Database, Database]]:
-    first, second = Database(sqlite_url(tmp_path / "state.db")), Database(sqlite_url(tmp_path / "state.db"))
+async def two_databases(database_url: str) -> AsyncIterator[tuple[Database, Database]]:
+    first, second = Database(database_url), Database(database_url)
     await first.migrate()
     yield first, second
     await first.close()
     await second.close()
 
 
-async def test_migrate_applies_every_migration_once(tmp_path: Path) -> None:
-    db = Database(sqlite_url(tmp_path / "state.db"))
+async def test_migrate_applies_every_migration_once(database_url: str) -> None:
+    db = Database(database_url)
     try:
         applied = await db.migrate()
         assert applied == all_migration_ids()
@@ -49,14 +52,15 @@ async def test_migrate_applies_every_migration_once(tmp_path: Path) -> None:
         assert await db.migrate() == []
         async with db.engine.connect() as conn:
             recorded = (await conn.execute(select(schema_migrations.c.id))).scalars().all()
-            tables = (await conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type='table'")).scalars()
-            assert {"multipart_uploads", "multipart_parts", "schema_migrations"} <= set(tables)
+            tables = await conn.run_sync(lambda c: inspect(c).get_table_names())
+            assert set(metadata.tables) <= set(tables)
         assert sorted(recorded) == sorted(applied)
     finally:
         await db.close()
 
 
 async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> None:
+    """SQLite only by nature: WAL and the busy timeout are SQLite's ways of sharing one file."""
     db = Database(sqlite_url(tmp_path / "state.db"), busy_timeout_s=7)
     try:
         async with db.engine.connect() as conn:
@@ -67,8 +71,8 @@ async def test_sqlite_runs_in_wal_mode_with_a_busy_timeout(tmp_path: Path) -> No
         await db.close()
 
 
-async def test_two_engines_migrating_at_once_apply_each_migration_once(tmp_path: Path) -> None:
-    first, second = Database(sqlite_url(tmp_path / "s.db")), Database(sqlite_url(tmp_path / "s.db"))
+async def test_two_engines_migrating_at_once_apply_each_migration_once(database_url: str) -> None:
+    first, second = Database(database_url), Database(database_url)
     try:
         applied_first, applied_second = await asyncio.gather(first.migrate(), second.migrate())
     finally:
@@ -78,8 +82,8 @@ async def test_two_engines_migrating_at_once_apply_each_migration_once(tmp_path:
     assert not set(applied_first) & set(applied_second)
 
 
-def test_two_processes_migrating_at_once_apply_each_migration_once(tmp_path: Path) -> None:
-    url = sqlite_url(tmp_path / "shared.db")
+def test_two_processes_migrating_at_once_apply_each_migration_once(database_url: str) -> None:
+    url = database_url
     script = ("import asyncio, json, sys\nfrom proxy.state import Database\n"
               "async def main():\n    db = Database(sys.argv[1])\n    applied = await db.migrate()\n"
               "    await db.close()\n    print(json.dumps(applied))\nasyncio.run(main())\n")
@@ -170,7 +174,8 @@ async def test_stale_uploads(two_databases) -> None:  # type: ignore[no-untyped-
 
 
 def test_schema_is_not_sqlite_only() -> None:
-    """Every table contributed by a migration module compiles for PostgreSQL (no server here to run it)."""
+    """Every table contributed by a migration module compiles for PostgreSQL without a server (the tests above
+    also create them on a real one)."""
     for name in MIGRATION_MODULES:
         importlib.import_module(name)
     dialect = postgresql.asyncpg.dialect()  # type: ignore[attr-defined]
