@@ -25,6 +25,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from proxy.config import QuarantineConfig
+from proxy.storage.versions import delete_every_version
 
 CHUNK_BYTES = 1024 * 1024
 _ITEM_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -211,7 +212,7 @@ class S3Store:
                 read_back.update(chunk)
         except (ClientError, BotoCoreError) as exc:
             with contextlib.suppress(ClientError, BotoCoreError, StoreError):
-                await client.delete_object(Bucket=self.bucket, Key=item_id)
+                await delete_every_version(client, self.bucket, item_id)
             raise StoreError(f"{self._where(item_id)}: {exc}") from exc
         if read_back.hexdigest() != expected.sha256:
             await self.delete(item_id)
@@ -236,8 +237,8 @@ class S3Store:
     async def delete(self, item_id: str) -> None:
         check_item_id(item_id)
         client = await self._s3()
-        try:
-            await client.delete_object(Bucket=self.bucket, Key=item_id)
+        try:  # on a versioned quarantine bucket a plain DELETE would keep the purged bytes as an old version
+            await delete_every_version(client, self.bucket, item_id)
         except (ClientError, BotoCoreError) as exc:
             raise StoreError(f"{self._where(item_id)}: {exc}") from exc
 

@@ -34,6 +34,7 @@ from proxy.s3 import listings, xml
 from proxy.s3.errors import S3Error
 from proxy.screening.upload import Upload
 from proxy.storage.spool import BodyTooLarge, SpooledBody
+from proxy.storage.versions import delete_every_version
 
 MIN_PART_BYTES = 5 * 1024 * 1024
 #: What CreateMultipartUpload may ask of the object (botocore parameters), kept with the upload for the landing.
@@ -248,7 +249,7 @@ class MultipartOperations(Handlers):
                     raise self.refusal(verdict)
                 # Record the end first: a crash before the delete leaves an orphan the janitor removes.
                 await self.multipart.transition(upload.upload_id, ("completing",), "aborted")
-                await self.upstream.delete_object(upload.real_bucket, upload.staging_key)
+                await delete_every_version(self.upstream, upload.real_bucket, upload.staging_key)
                 await self.multipart.forget_parts(upload.upload_id)
                 raise self.refusal(verdict)
             try:
@@ -259,7 +260,7 @@ class MultipartOperations(Handlers):
             landed = True
             await self.landed(screened)
             await self.multipart.finish(upload.upload_id, etag)
-            await self.upstream.delete_object(upload.real_bucket, upload.staging_key)
+            await delete_every_version(self.upstream, upload.real_bucket, upload.staging_key)
             await self.multipart.forget_parts(upload.upload_id)
             return etag
         except BaseException:
@@ -314,7 +315,7 @@ class MultipartOperations(Handlers):
                 await self.upstream.abort_multipart_upload(upload.real_bucket, upload.staging_key,
                                                            upload.upstream_upload_id)
         if left in ("staged", "completing"):
-            await self.upstream.delete_object(upload.real_bucket, upload.staging_key)
+            await delete_every_version(self.upstream, upload.real_bucket, upload.staging_key)
         await self.multipart.forget_parts(upload.upload_id)
 
     async def list_multipart_uploads(self, call: Call) -> Response:

@@ -4,7 +4,10 @@ Every `limits.janitor_interval_s` it aborts uploads older than `limits.stale_upl
 state (one still held by a live completer is left alone: its abort is refused), then deletes staging objects
 and upstream multipart uploads under the staging prefix that are that old and belong to no live upload (a
 proxy killed between the verdict and the delete leaves such orphans). Staging bytes are unscreened: they
-must not stay in the bucket for ever.
+must not stay in the bucket for ever. On a versioned bucket a staging key is listed with ListObjectVersions and
+removed version by version, delete markers included: a plain DELETE there would only hide the bytes, and a key
+already hidden that way (no current object, so ListObjectsV2 never shows it) still holds them. Where the
+upstream refuses to list versions, the sweep falls back to the current objects.
 
 The multipart state, the abort and the staging prefix are handed in by the app (``jobs`` never imports
 ``front``).
@@ -22,11 +25,17 @@ from typing import Any, Protocol
 
 from proxy.s3.errors import S3Error
 from proxy.storage.upstream import Upstream
+from proxy.storage.versions import Version, delete_versions, version_pages
 
 log = logging.getLogger("bucketguard.janitor")
 
 #: Upload states the janitor may abort (the front's non-final states).
 LIVE_STATES = ("open", "staged", "completing")
+#: Listing pages (1,000 entries each) one round reads per bucket; the rest waits for the next round.
+MAX_SWEEP_PAGES = 100
+#: Answers meaning the upstream will not list versions (an identity without s3:ListBucketVersions, a server
+#: without versioning): the sweep then sees current objects only.
+NO_VERSION_LISTING = frozenset({"AccessDenied", "NotImplemented", "MethodNotAllowed"})
 
 
 class UploadStore(Protocol):
@@ -65,6 +74,7 @@ class Janitor:
         #: are not trusted (some servers report a fixed Initiated date), and an upload is created upstream a
         #: moment before its row: nothing is removed before this process has seen it unowned for `age`.
         self._first_seen: dict[tuple[str, str, str], datetime] = {}
+        self._versions_refused: set[str] = set()  # buckets whose versions the upstream would not list
 
     async def run_once(self) -> JanitorRound:
         done = JanitorRound()
@@ -90,15 +100,35 @@ class Janitor:
         first = self._first_seen.setdefault(ident, datetime.now(UTC))
         return upstream_date < cutoff and first < cutoff
 
-    async def _sweep(self, bucket: str, cutoff: datetime, done: JanitorRound) -> None:
-        objects: list[dict[str, Any]] = []
+    async def _staging_versions(self, bucket: str) -> dict[str, list[Version]]:
+        """Every version and delete marker under the staging prefix, by key (current objects only where the
+        upstream will not list versions)."""
+        by_key: dict[str, list[Version]] = {}
+        if bucket not in self._versions_refused:
+            try:
+                async for page in version_pages(self.upstream, bucket, self.staging_prefix, max_pages=MAX_SWEEP_PAGES):
+                    for version in page:
+                        by_key.setdefault(version.key, []).append(version)
+                return by_key
+            except S3Error as error:
+                if error.code not in NO_VERSION_LISTING:
+                    raise
+                log.warning("janitor cannot list object versions in %s (%s): sweeping current objects only; "
+                            "on a versioned bucket deleted staging bytes stay as old versions", bucket, error.code)
+                self._versions_refused.add(bucket)
+                by_key.clear()
         token = ""
-        while True:
+        for _ in range(MAX_SWEEP_PAGES):
             page = await self.upstream.list_objects_v2(bucket, prefix=self.staging_prefix, continuation_token=token)
-            objects.extend(page.objects)
+            for item in page.objects:
+                by_key[item["Key"]] = [Version(item["Key"], "", item["LastModified"])]
             if not page.is_truncated or not page.next_token:
                 break
             token = page.next_token
+        return by_key
+
+    async def _sweep(self, bucket: str, cutoff: datetime, done: JanitorRound) -> None:
+        staged = await self._staging_versions(bucket)
         every_upload = await self.upstream.list_multipart_uploads(bucket, "")
         uploads = [u for u in every_upload if u["Key"].startswith(self.staging_prefix)]
         in_use = await self.uploads.staging_keys_in_use(bucket)  # after the listings: rows precede objects
@@ -108,10 +138,10 @@ class Janitor:
         leftovers = [u for u in every_upload if not u["Key"].startswith(self.staging_prefix)
                      and u["Key"] in landed and u["Key"] not in live]
         seen: set[tuple[str, str, str]] = set()
-        for item in objects:
-            ident = (bucket, item["Key"], "")
-            if item["Key"] not in in_use and self._unowned_long_enough(ident, item["LastModified"], cutoff, seen):
-                await self.upstream.delete_object(bucket, item["Key"])
+        for key, versions in staged.items():
+            newest = max(v.last_modified for v in versions)
+            if key not in in_use and self._unowned_long_enough((bucket, key, ""), newest, cutoff, seen):
+                await delete_versions(self.upstream, bucket, versions)
                 done.orphans_deleted += 1
         for item in [*uploads, *leftovers]:
             ident = (bucket, item["Key"], item["UploadId"])

@@ -1,0 +1,99 @@
+"""Every version of a key: deleting the proxy's own objects (multipart staging, quarantine bytes) for good.
+
+On a versioned bucket a plain DELETE only hides an object behind a delete marker: the bytes stay readable by
+version id. Unscreened staging bytes and purged quarantine bytes must not linger like that, so the proxy
+deletes its own objects version by version (delete markers included). On an unversioned bucket the plain
+DELETE answers without a version id and nothing more is sent.
+
+Works on the upstream (:class:`~proxy.storage.upstream.Upstream`, whose errors are S3Error) and on a bare
+aiobotocore S3 client (the quarantine store; its errors stay botocore's), so both share this one way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from proxy.storage.upstream import Upstream
+
+#: Runs one S3 operation by its botocore name: call("delete_object", Bucket=..., Key=...) -> response.
+Call = Callable[..., Awaitable[dict[str, Any]]]
+
+#: The version id S3 gives objects written while a bucket was never (or not) versioned.
+NULL_VERSION = "null"
+
+
+@dataclass(frozen=True)
+class Version:
+    """One stored version of a key, or a delete marker. `version_id` "" means: no versions known (plain delete)."""
+
+    key: str
+    version_id: str
+    last_modified: datetime
+    delete_marker: bool = False
+
+
+def _caller(s3: Upstream | Any, missing: str = "NoSuchKey") -> Call:
+    if isinstance(s3, Upstream):  # the upstream's own error mapping (S3Error) and failure accounting
+        async def upstream_call(operation: str, **params: Any) -> dict[str, Any]:
+            return await s3._call(operation, missing=missing, **params)
+
+        return upstream_call
+
+    async def call(operation: str, **params: Any) -> dict[str, Any]:
+        return await getattr(s3, operation)(**params)
+
+    return call
+
+
+async def version_pages(s3: Upstream | Any, bucket: str, prefix: str, *,
+                        max_pages: int = 100) -> AsyncIterator[list[Version]]:
+    """ListObjectVersions under `prefix`, a page (up to 1,000 entries) at a time, at most `max_pages` pages."""
+    call = _caller(s3, missing="NoSuchBucket")
+    markers: dict[str, str] = {}
+    for _ in range(max_pages):
+        page = await call("list_object_versions", Bucket=bucket, Prefix=prefix, **markers)
+        entries = [Version(v["Key"], str(v.get("VersionId") or NULL_VERSION), v["LastModified"])
+                   for v in page.get("Versions", [])]
+        entries += [Version(m["Key"], str(m.get("VersionId") or NULL_VERSION), m["LastModified"], True)
+                    for m in page.get("DeleteMarkers", [])]
+        yield entries
+        if not page.get("IsTruncated"):
+            return
+        markers = {"KeyMarker": page.get("NextKeyMarker", ""), "VersionIdMarker": page.get("NextVersionIdMarker", "")}
+        if not markers["KeyMarker"]:
+            return
+
+
+async def versions_of(s3: Upstream | Any, bucket: str, key: str) -> list[Version]:
+    """Every version and delete marker of exactly `key` (keys that merely start with it are left out)."""
+    found: list[Version] = []
+    async for page in version_pages(s3, bucket, key):
+        found.extend(v for v in page if v.key == key)
+        if any(v.key > key for v in page):  # listed in key order: past `key`, nothing more of it follows
+            break
+    return found
+
+
+async def delete_versions(s3: Upstream | Any, bucket: str, versions: list[Version]) -> None:
+    """Delete the given versions of one key by their ids; a lone unversioned object by a plain DELETE."""
+    call = _caller(s3)
+    if len(versions) == 1 and versions[0].version_id in ("", NULL_VERSION):
+        await call("delete_object", Bucket=bucket, Key=versions[0].key)
+        return
+    for version in versions:
+        if version.version_id:
+            await call("delete_object", Bucket=bucket, Key=version.key, VersionId=version.version_id)
+        else:
+            await call("delete_object", Bucket=bucket, Key=version.key)
+
+
+async def delete_every_version(s3: Upstream | Any, bucket: str, key: str) -> None:
+    """Delete `key`; where the bucket keeps versions (the answer names one), every version and delete marker too."""
+    answer = await _caller(s3)("delete_object", Bucket=bucket, Key=key)
+    headers = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    if "x-amz-version-id" not in headers and "x-amz-delete-marker" not in headers:
+        return  # an unversioned bucket: the object is gone
+    await delete_versions(s3, bucket, await versions_of(s3, bucket, key))

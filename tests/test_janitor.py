@@ -1,0 +1,145 @@
+"""The proxy's own objects leave a versioned bucket completely: staging keys (janitor and front) and purged
+quarantine bytes are deleted version by version, judged by ListObjectVersions on the real upstream (moto).
+
+A plain DELETE on a versioned bucket only adds a delete marker: the unscreened (or caught) bytes would stay
+readable by version id in the real bucket.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import botocore.exceptions
+import pytest
+
+from proxy.config import QuarantineConfig, load_config
+from proxy.evidence.store import S3Store
+from proxy.front.calls import STAGING_PREFIX
+from proxy.front.multipart import MultipartState, new_upload_id
+from proxy.front.operations import Operations
+from proxy.jobs.janitor import Janitor
+from proxy.metrics import ProxyMetrics
+from proxy.screening.upload import Upload, Verdict, allow_all
+from proxy.state import Database
+from proxy.storage.upstream import Upstream
+from tests.support.moto import S3Server
+from tests.support.proxy import CLIENT_BUCKET, new_bucket, write_config
+
+MIB = 1024 * 1024
+
+
+def versioned_bucket(server: S3Server) -> str:
+    bucket = new_bucket(server)
+    server.client().put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    return bucket
+
+
+def versions(server: S3Server, bucket: str, prefix: str) -> list[tuple[str, str]]:
+    """(key, kind) of every version and delete marker under `prefix`, straight from the upstream."""
+    found: list[tuple[str, str]] = []
+    for page in server.client().get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+        found += [(v["Key"], "version") for v in page.get("Versions", [])]
+        found += [(m["Key"], "marker") for m in page.get("DeleteMarkers", [])]
+    return sorted(found)
+
+
+@dataclass
+class Parts:
+    db: Database
+    upstream: Upstream
+    multipart: MultipartState
+    operations: Operations
+    bucket: str
+
+
+@pytest.fixture
+async def parts(moto_server: S3Server, database_url: str, tmp_path: Path) -> AsyncIterator[Parts]:
+    """The janitor's real parts: multipart state on the test database, the upstream client, the front's abort."""
+    bucket = versioned_bucket(moto_server)
+    config = load_config(write_config(tmp_path, moto_server, bucket, limits="janitor_interval_s = 0.0"))
+    db = Database(database_url)
+    await db.migrate()
+    upstream = Upstream(config.upstream, config.limits)
+    await upstream.start()
+    multipart = MultipartState(db)
+    yield Parts(db, upstream, multipart, Operations(config, upstream, multipart, allow_all, ProxyMetrics()), bucket)
+    await upstream.close()
+    await db.close()
+
+
+async def test_janitor_deletes_every_version_of_orphaned_staging_keys(parts: Parts, moto_server: S3Server) -> None:
+    s3 = moto_server.client()
+    bucket = parts.bucket
+    orphan = f"{STAGING_PREFIX}orphan-{uuid.uuid4().hex}"  # a proxy killed between the verdict and the delete
+    hidden = f"{STAGING_PREFIX}hidden-{uuid.uuid4().hex}"  # deleted plainly: only old versions hold its bytes
+    live_id = new_upload_id()
+    live = f"{STAGING_PREFIX}{live_id}"  # a completer with a live lease is screening it right now
+    for key in (orphan, orphan, hidden, live):
+        s3.put_object(Bucket=bucket, Key=key, Body=os.urandom(100))
+    s3.delete_object(Bucket=bucket, Key=hidden)
+    s3.put_object(Bucket=bucket, Key="client/photo.png", Body=b"v1")  # a client's versions are not the janitor's
+    s3.put_object(Bucket=bucket, Key="client/photo.png", Body=b"v2")
+    await parts.multipart.create(upload_id=live_id, upstream_upload_id="up", bucket=CLIENT_BUCKET, real_bucket=bucket,
+                                 key="video.mp4", staging_key=live, access_key="AKPICTRS",
+                                 content_type="video/mp4", metadata={})
+    assert await parts.multipart.claim_completion(live_id, lease_s=600) == "open"
+    assert s3.list_objects_v2(Bucket=bucket, Prefix=hidden)["KeyCount"] == 0  # invisible to a plain listing
+    assert versions(moto_server, bucket, hidden) == [(hidden, "marker"), (hidden, "version")]
+
+    janitor = Janitor(parts.multipart, parts.upstream, parts.operations.abort_upload, staging_prefix=STAGING_PREFIX,
+                      served_buckets=[bucket], interval_s=60, age_s=0)
+    first = await janitor.run_once()  # nothing goes before this process has seen it unowned for the age
+    assert first.orphans_deleted == 0
+    assert versions(moto_server, bucket, STAGING_PREFIX) == sorted(
+        [(orphan, "version"), (orphan, "version"), (hidden, "marker"), (hidden, "version"), (live, "version")])
+    second = await janitor.run_once()
+    assert second.orphans_deleted == 2
+    assert versions(moto_server, bucket, STAGING_PREFIX) == [(live, "version")]
+    assert versions(moto_server, bucket, "client/") == [("client/photo.png", "version")] * 2
+    assert (await parts.multipart.get(live_id)).state == "completing"  # type: ignore[union-attr]
+
+
+def test_multipart_refused_or_landed_leaves_no_staging_version(proxy_factory, moto_server: S3Server) -> None:
+    bucket = versioned_bucket(moto_server)
+
+    async def screen(upload: Upload) -> Verdict:
+        return Verdict("quarantine", rule="test") if upload.key.startswith("bad") else Verdict("allow")
+
+    proxy = proxy_factory(screen=screen, real_bucket=bucket, limits="janitor_interval_s = 0.0")
+    s3 = proxy.client()
+    data = [os.urandom(5 * MIB), os.urandom(1000)]
+    for key in ("bad.mp4", "good.mp4"):
+        upload_id = s3.create_multipart_upload(Bucket=CLIENT_BUCKET, Key=key)["UploadId"]
+        etags = [s3.upload_part(Bucket=CLIENT_BUCKET, Key=key, UploadId=upload_id, PartNumber=n, Body=part)["ETag"]
+                 for n, part in enumerate(data, start=1)]
+        complete = {"Parts": [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, start=1)]}
+        if key == "bad.mp4":
+            with pytest.raises(botocore.exceptions.ClientError) as info:
+                s3.complete_multipart_upload(Bucket=CLIENT_BUCKET, Key=key, UploadId=upload_id,
+                                             MultipartUpload=complete)
+            assert info.value.response["Error"]["Code"] == "AccessDenied"
+        else:
+            s3.complete_multipart_upload(Bucket=CLIENT_BUCKET, Key=key, UploadId=upload_id, MultipartUpload=complete)
+    assert versions(moto_server, bucket, "") == [("good.mp4", "version")]
+    assert moto_server.get(bucket, "good.mp4") == b"".join(data)
+
+
+async def test_purged_quarantine_bytes_leave_a_versioned_quarantine_bucket(moto_server: S3Server) -> None:
+    bucket = versioned_bucket(moto_server)
+    store = S3Store(QuarantineConfig(store="s3", bucket=bucket, endpoint=moto_server.endpoint,
+                                     access_key=moto_server.access_key, secret_key=moto_server.secret_key))
+    try:
+        item_id = uuid.uuid4().hex
+        await store.put(item_id, b"caught bytes", 12)
+        await store.put(item_id, b"caught bytes", 12)  # written twice (a retried record): two versions
+        other = uuid.uuid4().hex
+        await store.put(other, b"other item", 10)
+        await store.delete(item_id)
+        assert not await store.exists(item_id)
+        assert versions(moto_server, bucket, "") == [(other, "version")]
+    finally:
+        await store.close()
