@@ -1,12 +1,15 @@
 """Pull mode with real processes: `bucketguard serve` in pull mode, `bucketguard inference worker` processes
-that connect out to it, uploads that wait for their verdicts, a worker killed mid-job."""
+that connect out to it, uploads that wait for their verdicts, a worker killed mid-job.
+
+The job queue lives in the state database: each test runs on SQLite and on a real PostgreSQL (`database_url`).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,7 +20,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import select
 
+from proxy.jobs.pull import inference_jobs
+from proxy.state import Database
 from tests.support.moto import S3Server
 from tests.support.proxy import CLIENT_BUCKET, new_bucket, start_subprocess, write_config
 
@@ -37,13 +43,23 @@ def start_worker(name: str, endpoint: str, pack: Path, *extra: str) -> subproces
                              *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def jobs(database: Path) -> list[tuple]:
-    with sqlite3.connect(database) as conn:
-        return conn.execute("SELECT id, state, worker, attempts, decided_by FROM inference_jobs").fetchall()
+def jobs(database_url: str) -> list[tuple]:
+    """The queue's rows as the proxy left them, read from its database directly."""
+    async def read() -> list[tuple]:
+        db = Database(database_url)
+        try:
+            async with db.engine.connect() as conn:
+                c = inference_jobs.c
+                rows = await conn.execute(select(c.id, c.state, c.worker, c.attempts, c.decided_by))
+                return [tuple(row) for row in rows]
+        finally:
+            await db.close()
+
+    return asyncio.run(read())
 
 
 @pytest.fixture
-def pull_proxy(moto_server: S3Server, tmp_path: Path):
+def pull_proxy(moto_server: S3Server, tmp_path: Path, database_url: str):
     bucket = new_bucket(moto_server)
     policy = tmp_path / "policy.toml"
     policy.write_text('on_unavailable = "refuse"\n[[rule]]\nname = "nudity"\nwhen = { nsfw = ">= 0.9" }\n'
@@ -52,8 +68,8 @@ def pull_proxy(moto_server: S3Server, tmp_path: Path):
     config = write_config(tmp_path, moto_server, bucket, server=f"[server.worker_tokens]\n{tokens}",
                           inference='mode = "pull"\nlease_s = 2',
                           screening=f'policy = "{policy}"\nscan_timeout_s = 20')
-    proxy = start_subprocess(config, moto_server, bucket)
-    yield proxy, tmp_path / "state.db"
+    proxy = start_subprocess(config, moto_server, bucket, env={"BUCKETGUARD_DATABASE_URL": database_url})
+    yield proxy, database_url
     proxy.stop()
 
 

@@ -183,6 +183,8 @@ def job_routes(queue: JobQueue, worker_tokens: Mapping[str, str], *, max_wait_s:
             jobs = await queue.lease(worker, limit)
             if jobs or time.monotonic() >= deadline:
                 break
+            if await request.is_disconnected():  # a worker gone mid-wait: stop polling for it (and let shutdown go)
+                break
             await asyncio.sleep(0.1)
         return JSONResponse({"jobs": jobs}) if jobs else Response(status_code=204)
 
