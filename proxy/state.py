@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Column, Connection, MetaData, String, Table, event, inspect, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 metadata = MetaData()
@@ -101,6 +102,13 @@ def widen_to_bigint(table: str, *columns: str) -> Callable[[Connection], None]:
     return apply
 
 
+class DatabaseUnavailable(Exception):
+    """The configured database cannot be opened (server away, no such database, credentials refused).
+
+    The message is one line and names the database by its URL without the password.
+    """
+
+
 def now_text() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -160,6 +168,16 @@ class Database:
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.exec_driver_sql("SELECT 1")
+
+    async def reachable(self) -> None:
+        """One round trip, or :class:`DatabaseUnavailable` saying why in one line."""
+        try:
+            await self.ping()
+        except (OSError, DBAPIError) as exc:
+            cause = getattr(exc, "orig", None) or exc
+            reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise DatabaseUnavailable(f"cannot open the database {where}: {reason}") from exc
 
     async def close(self) -> None:
         await self.engine.dispose()

@@ -19,6 +19,7 @@ from proxy.cli import main as cli_main
 from proxy.evidence import log as evidence
 from proxy.evidence.log import GENESIS_HASH, Event
 from proxy.state import Database
+from tests.support.postgres import PG_PASSWORD, PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -287,3 +288,18 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "absent.db does not exist" in err
     assert not (tmp_path / "absent.db").exists()
+
+
+def test_cli_names_a_postgresql_it_cannot_open_in_one_line(tmp_path: Path, postgres_server: PostgresServer,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """PostgreSQL only by nature: no such database, a refused password, no server; never the password."""
+    absent = postgres_server.url("no_such_database")
+    refused = postgres_server.url(postgres_server.create_database()).replace(PG_PASSWORD, "wrong-password")
+    for url, reason in ((absent, 'database "no_such_database" does not exist'),
+                        (refused, "password authentication failed"),
+                        ("postgresql+asyncpg://bucketguard:s3cret@127.0.0.1:1/bucketguard", "127.0.0.1")):
+        config = write_config(tmp_path, url)
+        assert cli_main(["evidence", "verify", "--config", str(config)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("bucketguard: cannot open the database postgresql"), err
+        assert reason in err and PG_PASSWORD not in err and "wrong-password" not in err and "s3cret" not in err

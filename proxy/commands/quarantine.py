@@ -46,7 +46,7 @@ def default_actor() -> str:
 @asynccontextmanager
 async def open_database(config: Config) -> AsyncIterator[Database]:
     """The configured database, migrated; a missing SQLite file is an error, not a new empty log."""
-    from proxy.state import Database
+    from proxy.state import Database, DatabaseUnavailable
 
     url = config.database.url
     if url.startswith(_SQLITE_PREFIX) and ":memory:" not in url:
@@ -55,6 +55,10 @@ async def open_database(config: Config) -> AsyncIterator[Database]:
             raise CommandError(f"database {path} does not exist (check database.url)")
     db = Database(url)
     try:
+        try:
+            await db.reachable()
+        except DatabaseUnavailable as exc:
+            raise CommandError(str(exc)) from exc
         await db.migrate()
         yield db
     finally:
