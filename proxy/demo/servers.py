@@ -200,16 +200,31 @@ def wait_healthy(endpoint: str, process: subprocess.Popen | None = None, timeout
     raise RuntimeError(f"proxy at {endpoint} did not become healthy")
 
 
-def serve_in_thread(app: Any, *, port: int | None = None,
-                    tls: tuple[Path, Path] | None = None) -> tuple[str, Callable[[], None]]:
-    """Serve an ASGI app with uvicorn in a daemon thread until healthy: (endpoint, stop)."""
+def bound_socket(port: int = 0) -> socket.socket:
+    """A TCP socket bound on 127.0.0.1 (port 0: one the kernel picks) and not listening yet: connections to it are
+    refused, and nobody else can take the port until it is closed or served on (no window as after free_port)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def serve_in_thread(app: Any, *, port: int | None = None, tls: tuple[Path, Path] | None = None,
+                    sock: socket.socket | None = None) -> tuple[str, Callable[[], None]]:
+    """Serve an ASGI app with uvicorn in a daemon thread until healthy: (endpoint, stop). It listens on `sock`
+    (from bound_socket) when given, else on `port`, else on a port the kernel picks."""
     import uvicorn
 
-    port = port or free_port()
+    sock = sock or bound_socket(port or 0)
+    port = int(sock.getsockname()[1])
     tls_options = {"ssl_certfile": str(tls[0]), "ssl_keyfile": str(tls[1])} if tls else {}
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False, lifespan="on", **tls_options))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     wait_healthy(endpoint, verify=ssl.create_default_context(cafile=str(tls[0])) if tls else True)

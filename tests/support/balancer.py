@@ -16,7 +16,7 @@ from urllib.parse import unquote
 import httpx
 import uvicorn
 
-from tests.support.moto import free_port
+from proxy.demo.servers import bound_socket
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-connection"}
 
@@ -41,6 +41,8 @@ class Balancer:
         self._client: httpx.AsyncClient | None = None
         self.in_flight: dict[int, str] = {}
         self.errors: list[str] = []
+        #: requests a backend took but never answered (status 0): it may have acted on them before it died
+        self.unanswered: list[Logged] = []
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] == "lifespan":
@@ -86,6 +88,8 @@ class Balancer:
                 response = await self._client.send(request, stream=True)
             except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
                 self.errors.append(f"{backend}: {type(exc).__name__}: {exc}")
+                if not isinstance(exc, httpx.ConnectError):
+                    self.unanswered.append(Logged(scope["method"], unquote(target), query, backend, 0))
                 continue  # down: the next backend takes it
             try:
                 raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.multi_items()
@@ -116,10 +120,11 @@ class RunningBalancer:
 
 def start_balancer(backends: list[str]) -> RunningBalancer:
     app = Balancer(backends)
-    port = free_port()
+    sock = bound_socket()  # held from here on: no other server can take the port before this one listens
+    port = int(sock.getsockname()[1])
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False,
                                            lifespan="on", timeout_keep_alive=30))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:

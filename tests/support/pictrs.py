@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from tests.support.moto import free_port
+from proxy.demo.servers import bound_socket
 
 #: pict-rs's repository tables (PostgreSQL repo), the columns its migrations define and this lookup reads.
 PICTRS_REPO_DDL = """
@@ -98,10 +98,11 @@ class RunningPictrs:
 
 def start_pictrs(api_key: str) -> RunningPictrs:
     emulation = PictrsEmulation(api_key)
-    port = free_port()
+    sock = bound_socket()  # held from here on: no other server can take the port before this one listens
+    port = int(sock.getsockname()[1])
     server = uvicorn.Server(uvicorn.Config(emulation.app, host="127.0.0.1", port=port, log_level="warning",
                                            access_log=False, lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:

@@ -92,16 +92,29 @@ def start_in_process(config: Config, upstream: S3Server, real_bucket: str, confi
 
 def start_subprocess(config_path: Path, upstream: S3Server, real_bucket: str, *, port: int | None = None,
                      env: dict[str, str] | None = None) -> RunningProxy:
-    """A real `bucketguard serve` process."""
-    port = port or free_port()
-    log_path = config_path.parent / f"proxy-{port}.log"
-    handle = log_path.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path), "--listen", f"127.0.0.1:{port}"],
-        stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    endpoint = f"http://127.0.0.1:{port}"
-    wait_healthy(endpoint, process, log=log_path)
-    return RunningProxy(endpoint, upstream, real_bucket, config_path, process=process, log_path=log_path)
+    """A real `bucketguard serve` process, waited for until healthy (generously: a loaded CI machine is slow).
+
+    Without a `port` it takes a free one, and another if something else bound that port first (free_port only
+    says it was free a moment ago)."""
+    for attempt in range(3):
+        chosen = port or free_port()
+        log_path = config_path.parent / f"proxy-{chosen}.log"
+        with log_path.open("wb") as handle:  # the child keeps its own copy
+            process = subprocess.Popen(
+                [sys.executable, "-m", "proxy.cli", "serve", "--config", str(config_path), "--listen",
+                 f"127.0.0.1:{chosen}"], stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        endpoint = f"http://127.0.0.1:{chosen}"
+        try:
+            wait_healthy(endpoint, process, timeout=120, log=log_path)
+        except RuntimeError:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            if port is None and attempt < 2 and "address already in use" in log_path.read_text().lower():
+                continue
+            raise
+        return RunningProxy(endpoint, upstream, real_bucket, config_path, process=process, log_path=log_path)
+    raise AssertionError("unreachable")
 
 
 _bucket_counter = iter(range(1, 1_000_000))
