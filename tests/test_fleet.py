@@ -8,24 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import io
-import threading
+import socket
 import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
-import uvicorn
 from PIL import Image
 
 from inference.client import InferenceClient, InferenceUnavailable
 from inference.engine import Engine
 from inference.fleet import EndpointPool
 from inference.service import create_inference_app
-from tests.support.moto import free_port
+from proxy.demo.servers import bound_socket, serve_in_thread
 
 
 class Server:
-    def __init__(self, pack: Path, *, port: int | None = None, delay_s: float = 0.0) -> None:
+    """An inference service in a thread, on `sock` when given (a port held since before the service ran)."""
+
+    def __init__(self, pack: Path, *, sock: socket.socket | None = None, delay_s: float = 0.0) -> None:
         self.engine = Engine.from_packs([pack])
         app = create_inference_app(self.engine, "sekrit")
 
@@ -34,18 +36,13 @@ class Server:
                 await asyncio.sleep(delay_s)
             await app(scope, receive, send)
 
-        self.port = port or free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(wrapped, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
+        self.endpoint, self.stop = serve_in_thread(wrapped, sock=sock)
 
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+    def warm_up(self) -> None:
+        """One request first, so the decode workers (processes, started on first use) are up before counting."""
+        response = httpx.post(f"{self.endpoint}/v1/screen", content=png((1, 1, 1)), timeout=120,
+                              headers={"Authorization": "Bearer sekrit", "Content-Type": "image/png"})
+        assert response.status_code == 200, response.text
 
 
 def png(colour: tuple[int, int, int]) -> bytes:
@@ -78,8 +75,11 @@ def test_pool_picks_least_outstanding_backs_off_and_probes_when_all_are_down() -
 
 def test_a_slow_endpoint_gets_fewer_requests_than_fast_ones(test_pack_path: Path) -> None:
     fast = [Server(test_pack_path) for _ in range(2)]
-    slow = Server(test_pack_path, delay_s=0.4)
+    slow = Server(test_pack_path, delay_s=1.0)
     try:
+        for server in [*fast, slow]:
+            server.warm_up()
+
         async def scenario() -> Counter:
             client = InferenceClient([slow.endpoint, *(s.endpoint for s in fast)], "sekrit", timeout_s=30)
 
@@ -103,27 +103,31 @@ def test_a_slow_endpoint_gets_fewer_requests_than_fast_ones(test_pack_path: Path
 
 def test_a_dead_endpoint_backs_off_and_comes_back_after_a_health_check(test_pack_path: Path) -> None:
     live = Server(test_pack_path)
-    dead_port = free_port()
-    dead = f"http://127.0.0.1:{dead_port}"
+    held = bound_socket()  # bound, not listening: refused now, and no other server can take the port meanwhile
+    dead = f"http://127.0.0.1:{held.getsockname()[1]}"
     revived = None
     try:
         async def scenario() -> None:
             nonlocal revived
-            client = InferenceClient([dead, live.endpoint], "sekrit", timeout_s=10, retries=1, backoff_s=30,
-                                     cooldown_s=60)
+            client = InferenceClient([dead, live.endpoint], "sekrit", timeout_s=10, retries=1, backoff_s=600,
+                                     cooldown_s=600)
             try:
                 results = [await client.screen(png((10, 20, i)), "image/png") for i in range(6)]
                 assert all(r.decided_by == live.endpoint for r in results)
                 state = client.pool.states[0]
                 assert state.failures == 1 and client.pool.backing_off() == [0]  # tried once, then left alone
-                revived = await asyncio.to_thread(Server, test_pack_path, port=dead_port)
-                client._last_probe = 0.0  # as if probe_interval_s had passed
-                await client.screen(png((9, 9, 9)), "image/png")  # starts a background probe of /healthz
-                for _ in range(100):
-                    if not client.pool.backing_off():
-                        break
+                revived = await asyncio.to_thread(Server, test_pack_path, sock=held)
+                # Each screen() starts a background probe of /healthz once probe_interval_s has passed (set back
+                # here); one that timed out on a loaded machine is followed by another, until a deadline far
+                # inside the 600 s back-off.
+                deadline = time.monotonic() + 60
+                while client.pool.backing_off() and time.monotonic() < deadline:
+                    if client._probe is None or client._probe.done():
+                        client._last_probe = 0.0  # as if probe_interval_s had passed
+                        await client.screen(png((9, 9, 9)), "image/png")
                     await asyncio.sleep(0.05)
-                assert client.pool.backing_off() == []  # back long before its 30 s back-off ends
+                assert client.pool.backing_off() == []
+                assert (state.failures, state.down_until, state.served) == (0, 0.0, 0)  # by the probe, not a call
                 results = await asyncio.gather(*(client.screen(png((i, 20, 30)), "image/png") for i in range(8)))
                 assert Counter(r.decided_by for r in results)[dead] >= 2
                 revived.stop()
@@ -139,3 +143,4 @@ def test_a_dead_endpoint_backs_off_and_comes_back_after_a_health_check(test_pack
         live.stop()
         if revived is not None:
             revived.stop()
+        held.close()  # its own once served on (uvicorn closed it); the held port when the test failed before

@@ -16,7 +16,6 @@ import httpx
 import numpy as np
 import pytest
 import skimage.data
-import uvicorn
 from PIL import Image
 
 from inference.batcher import Batcher, QueueFull
@@ -29,6 +28,7 @@ from inference.packs import PackError, load_pack
 from inference.runtime import ProviderUnavailable, RuntimeOptions, create_session
 from inference.service import create_inference_app
 from proxy.cli import main
+from proxy.demo.servers import serve_in_thread
 from tests.support.moto import free_port
 
 #: Photographs that ship inside scikit-image's wheel (others would be downloaded, which CI cannot do).
@@ -226,18 +226,21 @@ def test_64_concurrent_requests_match_single_calls_in_fewer_runs(test_pack_path:
 
 
 def test_batcher_queue_is_bounded() -> None:
-    gate = threading.Event()
+    gate, taken = threading.Event(), threading.Event()
 
     def slow(items: list[int]) -> list[int]:
-        gate.wait(5)
+        taken.set()
+        gate.wait(60)
         return items
 
     async def scenario() -> None:
         batcher: Batcher[int, int] = Batcher(slow, max_batch=1, max_wait_ms=0, max_queue=2)
         first = asyncio.ensure_future(batcher.submit(0))
-        await asyncio.sleep(0.05)  # taken by the worker, which now blocks
+        # taken by the worker, which now blocks (waited for, not slept on: a loaded machine may take a while)
+        assert await asyncio.to_thread(taken.wait, 60)
         waiting = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0)  # both enqueue at their first step
+        assert batcher.queued == 2
         with pytest.raises(QueueFull):
             await batcher.submit(3)
         gate.set()
@@ -253,18 +256,7 @@ def test_batcher_queue_is_bounded() -> None:
 class Service:
     def __init__(self, pack: Path, token: str = "sekrit", **engine_args) -> None:
         self.engine = Engine.from_packs([pack], **engine_args)
-        self.port = free_port()
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_inference_app(self.engine, token), host="127.0.0.1",
-                                                    port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            threading.Event().wait(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.endpoint, self.stop = serve_in_thread(create_inference_app(self.engine, token))
 
 
 def test_service_end_to_end_with_token_and_failover(test_pack_path: Path) -> None:
