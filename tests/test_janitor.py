@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from proxy.metrics import ProxyMetrics
 from proxy.screening.upload import Upload, Verdict, allow_all
 from proxy.state import Database
 from proxy.storage.upstream import Upstream
+from tests.support.balancer import start_balancer
 from tests.support.moto import S3Server
 from tests.support.proxy import CLIENT_BUCKET, new_bucket, write_config
 
@@ -56,19 +58,42 @@ class Parts:
     bucket: str
 
 
-@pytest.fixture
-async def parts(moto_server: S3Server, database_url: str, tmp_path: Path) -> AsyncIterator[Parts]:
+@asynccontextmanager
+async def janitor_parts(server: S3Server, bucket: str, database_url: str, tmp_path: Path) -> AsyncIterator[Parts]:
     """The janitor's real parts: multipart state on the test database, the upstream client, the front's abort."""
-    bucket = versioned_bucket(moto_server)
-    config = load_config(write_config(tmp_path, moto_server, bucket, limits="janitor_interval_s = 0.0"))
+    config = load_config(write_config(tmp_path, server, bucket, limits="janitor_interval_s = 0.0"))
     db = Database(database_url)
     await db.migrate()
     upstream = Upstream(config.upstream, config.limits)
     await upstream.start()
     multipart = MultipartState(db)
-    yield Parts(db, upstream, multipart, Operations(config, upstream, multipart, allow_all, ProxyMetrics()), bucket)
-    await upstream.close()
-    await db.close()
+    try:
+        yield Parts(db, upstream, multipart, Operations(config, upstream, multipart, allow_all, ProxyMetrics()),
+                    bucket)
+    finally:
+        await upstream.close()
+        await db.close()
+
+
+def janitor_for(parts: Parts) -> Janitor:
+    return Janitor(parts.multipart, parts.upstream, parts.operations.abort_upload, staging_prefix=STAGING_PREFIX,
+                   served_buckets=[parts.bucket], interval_s=60, age_s=0)
+
+
+async def live_upload(parts: Parts) -> str:
+    """A staging key in use: its completer holds a live lease and is screening it right now."""
+    upload_id = new_upload_id()
+    await parts.multipart.create(upload_id=upload_id, upstream_upload_id="up", bucket=CLIENT_BUCKET,
+                                 real_bucket=parts.bucket, key="video.mp4", staging_key=STAGING_PREFIX + upload_id,
+                                 access_key="AKPICTRS", content_type="video/mp4", metadata={})
+    assert await parts.multipart.claim_completion(upload_id, lease_s=600) == "open"
+    return upload_id
+
+
+@pytest.fixture
+async def parts(moto_server: S3Server, database_url: str, tmp_path: Path) -> AsyncIterator[Parts]:
+    async with janitor_parts(moto_server, versioned_bucket(moto_server), database_url, tmp_path) as opened:
+        yield opened
 
 
 async def test_janitor_deletes_every_version_of_orphaned_staging_keys(parts: Parts, moto_server: S3Server) -> None:
@@ -76,22 +101,17 @@ async def test_janitor_deletes_every_version_of_orphaned_staging_keys(parts: Par
     bucket = parts.bucket
     orphan = f"{STAGING_PREFIX}orphan-{uuid.uuid4().hex}"  # a proxy killed between the verdict and the delete
     hidden = f"{STAGING_PREFIX}hidden-{uuid.uuid4().hex}"  # deleted plainly: only old versions hold its bytes
-    live_id = new_upload_id()
-    live = f"{STAGING_PREFIX}{live_id}"  # a completer with a live lease is screening it right now
+    live_id = await live_upload(parts)
+    live = f"{STAGING_PREFIX}{live_id}"
     for key in (orphan, orphan, hidden, live):
         s3.put_object(Bucket=bucket, Key=key, Body=os.urandom(100))
     s3.delete_object(Bucket=bucket, Key=hidden)
     s3.put_object(Bucket=bucket, Key="client/photo.png", Body=b"v1")  # a client's versions are not the janitor's
     s3.put_object(Bucket=bucket, Key="client/photo.png", Body=b"v2")
-    await parts.multipart.create(upload_id=live_id, upstream_upload_id="up", bucket=CLIENT_BUCKET, real_bucket=bucket,
-                                 key="video.mp4", staging_key=live, access_key="AKPICTRS",
-                                 content_type="video/mp4", metadata={})
-    assert await parts.multipart.claim_completion(live_id, lease_s=600) == "open"
     assert s3.list_objects_v2(Bucket=bucket, Prefix=hidden)["KeyCount"] == 0  # invisible to a plain listing
     assert versions(moto_server, bucket, hidden) == [(hidden, "marker"), (hidden, "version")]
 
-    janitor = Janitor(parts.multipart, parts.upstream, parts.operations.abort_upload, staging_prefix=STAGING_PREFIX,
-                      served_buckets=[bucket], interval_s=60, age_s=0)
+    janitor = janitor_for(parts)
     first = await janitor.run_once()  # nothing goes before this process has seen it unowned for the age
     assert first.orphans_deleted == 0
     assert versions(moto_server, bucket, STAGING_PREFIX) == sorted(
@@ -101,6 +121,44 @@ async def test_janitor_deletes_every_version_of_orphaned_staging_keys(parts: Par
     assert versions(moto_server, bucket, STAGING_PREFIX) == [(live, "version")]
     assert versions(moto_server, bucket, "client/") == [("client/photo.png", "version")] * 2
     assert (await parts.multipart.get(live_id)).state == "completing"  # type: ignore[union-attr]
+
+
+async def test_janitor_sweeps_current_objects_where_versions_cannot_be_listed(
+        moto_server: S3Server, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The upstream identity may lack s3:ListBucketVersions: a relay in front of moto answers ListObjectVersions
+    with AccessDenied, as such an upstream would (moto here grants everything)."""
+    relay = start_balancer([moto_server.endpoint])
+    forward = relay.app._forward
+    refused: list[str] = []
+
+    async def refuse_versions(scope, send, target, query, headers, body):  # type: ignore[no-untyped-def]
+        if scope["method"] == "GET" and "versions" in query.split("&"):
+            refused.append(target)
+            await send({"type": "http.response.start", "status": 403,
+                        "headers": [(b"content-type", b"application/xml")]})
+            await send({"type": "http.response.body", "body": b'<?xml version="1.0" encoding="UTF-8"?>\n<Error>'
+                        b"<Code>AccessDenied</Code><Message>Access Denied</Message></Error>"})
+            return
+        await forward(scope, send, target, query, headers, body)
+
+    relay.app._forward = refuse_versions  # type: ignore[method-assign]
+    bucket = new_bucket(moto_server)
+    try:
+        server = S3Server(relay.endpoint, moto_server.access_key, moto_server.secret_key)
+        async with janitor_parts(server, bucket, database_url, tmp_path) as parts:
+            live = STAGING_PREFIX + await live_upload(parts)
+            orphan = f"{STAGING_PREFIX}orphan-{uuid.uuid4().hex}"
+            for key in (orphan, live, "client/photo.png"):
+                moto_server.client().put_object(Bucket=bucket, Key=key, Body=b"bytes")
+            janitor = janitor_for(parts)
+            with caplog.at_level("WARNING", logger="bucketguard.janitor"):
+                await janitor.run_once()
+                assert (await janitor.run_once()).orphans_deleted == 1
+            assert moto_server.keys(bucket) == sorted([live, "client/photo.png"])
+            assert len(refused) == 1  # asked once; then current objects only
+            assert "cannot list object versions" in caplog.text
+    finally:
+        relay.stop()
 
 
 def test_multipart_refused_or_landed_leaves_no_staging_version(proxy_factory, moto_server: S3Server) -> None:
