@@ -4,8 +4,8 @@ both; one proxy is killed with -9 mid-run.
 
 Judged by what is in the real bucket on moto and in the shared database afterwards: every upload that was
 answered 200 is there with its exact bytes, nothing refused is there, no staging object or open multipart
-upload is left visible, each refused upload has one quarantine record (a retried one at most one per try),
-the evidence chain written by both processes verifies, and the migrations were applied once although both
+upload is left visible, each refused upload has one quarantine record (a retried one at most one per request a proxy
+took), the evidence chain written by both processes verifies, and the migrations were applied once although both
 processes started at the same moment on an empty database.
 """
 
@@ -106,7 +106,6 @@ def test_two_proxies_on_one_postgres_one_killed_mid_run(moto_server: S3Server, p
     answered: dict[str, bytes] = {}
     refused: set[str] = set()
     failed: set[str] = set()
-    retried: Counter[str] = Counter()
     lock = threading.Lock()
     done = threading.Event()
     progress = Counter()
@@ -121,7 +120,7 @@ def test_two_proxies_on_one_postgres_one_killed_mid_run(moto_server: S3Server, p
         pictrs = client(generation)
         try:
             # pict-rs 0.5.17+ retries a 5xx or a broken connection; older ones fail the upload
-            for attempt in range(3 if generation == "header" else 1):
+            for _ in range(3 if generation == "header" else 1):
                 try:
                     if key.startswith("big/"):
                         pictrs.put_multipart(key, data, content_type, part_bytes=PART, concurrency=3)
@@ -135,11 +134,8 @@ def test_two_proxies_on_one_postgres_one_killed_mid_run(moto_server: S3Server, p
                         with lock:
                             refused.add(key)
                         return
-                    with lock:
-                        retried[key] += attempt > 0
-                except Exception:  # the killed proxy's connections
-                    with lock:
-                        retried[key] += attempt > 0
+                except Exception:  # the killed proxy's connections: tried again (header generation)
+                    continue
             with lock:
                 failed.add(key)
         finally:
@@ -206,4 +202,8 @@ def test_two_proxies_on_one_postgres_one_killed_mid_run(moto_server: S3Server, p
     assert sorted(ids) == sorted(every)  # applied once although both started at once
     assert chain_ok  # one chain, written by both processes
     assert refused <= set(quarantined) <= hits
-    assert all(n <= 1 + retried[k] for k, n in quarantined.items()), quarantined
+    # at most one record per request a proxy took: the client's retries and the balancer's own (a proxy killed
+    # after recording, before answering, sends the same request on to the survivor) each count
+    puts = [e.path for e in [*balancer.app.log, *balancer.app.unanswered] if e.method == "PUT"]
+    taken = {k: sum(path.endswith(f"/{k}") for path in puts) for k in quarantined}
+    assert all(n <= taken[k] for k, n in quarantined.items()), (quarantined, taken)
