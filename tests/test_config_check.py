@@ -128,11 +128,9 @@ def test_upstream_bucket_missing(tmp_path: Path, moto_server_auth: S3Server, buc
     assert "upstream.buckets.pictrs: the bucket 'never-created-bucket' does not exist" in lines[0]
 
 
-def test_upstream_not_answering(tmp_path: Path, moto_server_auth: S3Server, bucket: str,
+def test_upstream_not_answering(tmp_path: Path, moto_server_auth: S3Server, bucket: str, dead_endpoint: str,
                                 capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.support.moto import free_port
-
-    dead = S3Server(f"http://127.0.0.1:{free_port()}", "k", "s")
+    dead = S3Server(dead_endpoint, "k", "s")
     path = write(tmp_path, dead, bucket)
     status, lines = check(path, capsys)
     assert status == 1 and len(lines) == 1, lines

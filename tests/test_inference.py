@@ -29,7 +29,6 @@ from inference.runtime import ProviderUnavailable, RuntimeOptions, create_sessio
 from inference.service import create_inference_app
 from proxy.cli import main
 from proxy.demo.servers import serve_in_thread
-from tests.support.moto import free_port
 
 #: Photographs that ship inside scikit-image's wheel (others would be downloaded, which CI cannot do).
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "hubble_deep_field", "immunohistochemistry",
@@ -259,7 +258,7 @@ class Service:
         self.endpoint, self.stop = serve_in_thread(create_inference_app(self.engine, token))
 
 
-def test_service_end_to_end_with_token_and_failover(test_pack_path: Path) -> None:
+def test_service_end_to_end_with_token_and_failover(test_pack_path: Path, dead_endpoint: str) -> None:
     service = Service(test_pack_path)
     try:
         data = encoded(photo("coffee"))
@@ -275,7 +274,7 @@ def test_service_end_to_end_with_token_and_failover(test_pack_path: Path) -> Non
         assert "bucketguard_inference_model_runs" in httpx.get(f"{service.endpoint}/metrics").text
 
         async def via_client() -> None:
-            dead = f"http://127.0.0.1:{free_port()}"
+            dead = dead_endpoint
             client = InferenceClient([dead, service.endpoint], "sekrit", timeout_s=5, retries=1)
             results = [await client.screen(data, "image/jpeg") for _ in range(3)]
             assert all(r.decided_by == service.endpoint for r in results)

@@ -113,10 +113,11 @@ def test_signals_over_kserve_v2_equal_the_in_process_engine(kserve: str, nsfw_ag
     assert any(r.signals["faces"] >= 1 for r in remote)  # the second (face crop) model call really ran remotely
 
 
-def test_kserve_sessions_fail_over_and_report_outages_and_bad_answers(kserve: str, test_pack_path: Path) -> None:
+def test_kserve_sessions_fail_over_and_report_outages_and_bad_answers(kserve: str, test_pack_path: Path,
+                                                                     dead_endpoint: str) -> None:
     pack = load_pack(test_pack_path)
     pixels = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = dead_endpoint
     session = KServeSession([dead, kserve], pack.model_name("image"), retries=1)
     out = [session.run(["embeddings"], {"pixels": pixels})[0] for _ in range(3)]
     assert all(o.shape == (3, 32) and o.dtype == np.float32 for o in out)
@@ -180,7 +181,8 @@ def test_the_proxy_screens_through_kserve_when_configured(kserve: str, test_pack
     assert [item["category"] for item in caught] == ["kserve-test"]
 
 
-def test_a_kserve_outage_is_unavailable_not_a_verdict(test_pack_path: Path, proxy_factory, tmp_path: Path) -> None:
+def test_a_kserve_outage_is_unavailable_not_a_verdict(test_pack_path: Path, proxy_factory, tmp_path: Path,
+                                                     dead_endpoint: str) -> None:
     """With the KServe v2 servers down (and the pack's ONNX files right here), the proxy does not fall back to
     running the graphs itself: the policy's on_unavailable decides (refuse: 503 SlowDown, nothing lands)."""
     from proxy.demo.pictrs_client import PictrsClient, PictrsError
@@ -189,7 +191,7 @@ def test_a_kserve_outage_is_unavailable_not_a_verdict(test_pack_path: Path, prox
     policy = tmp_path / "policy.toml"
     policy.write_text('on_unavailable = "refuse"\n[[rule]]\nname = "n"\nwhen = { nsfw = ">= 0.9" }\n'
                       'action = "flag"\n')
-    dead = f"http://127.0.0.1:{free_port()}"
+    dead = dead_endpoint
     proxy = proxy_factory(pipeline=True, screening=f'policy = "{policy}"', inference=(
         f'mode = "in-process"\npacks = ["{test_pack_path}"]\nprovider = "cpu"\nkserve = ["{dead}"]'))
     client = PictrsClient(proxy.endpoint, CLIENT_BUCKET, PICTRS_KEY, CLIENTS[PICTRS_KEY])

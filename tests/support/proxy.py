@@ -23,6 +23,7 @@ from proxy.demo.servers import (
     CLIENTS,
     PICTRS_KEY,
     S3Server,
+    bound_socket,
     free_port,
     serve_in_thread,
     wait_healthy,
@@ -159,3 +160,14 @@ def proxy_factory(moto_server: S3Server,
 def proxy(proxy_factory: Callable[..., RunningProxy]) -> RunningProxy:
     """An in-process proxy with the allow-all screen in front of a fresh bucket on moto."""
     return proxy_factory()
+
+
+@pytest.fixture
+def dead_endpoint() -> Iterator[str]:
+    """http://127.0.0.1:PORT where nothing answers: the port is held (bound, never listening) for the whole test, so
+    connections are refused and no server started meanwhile can take it (a port free_port saw free could be)."""
+    sock = bound_socket()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
