@@ -43,7 +43,8 @@ class ModelSpec:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     #: A float16 copy of `file` (float32 inputs and outputs), used on CUDA when fp16 is asked for.
     fp16_file: str | None = None
-    #: An int8 (dynamically quantised) copy of `file`, used on the CPU when int8 is asked for.
+    #: An int8 (statically quantised, checked against fp32: inference.export.int8) copy of `file`, used on
+    #: the CPU when int8 is asked for.
     int8_file: str | None = None
 
 
