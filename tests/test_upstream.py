@@ -318,7 +318,8 @@ async def test_upstream_that_never_answers_times_out() -> None:
         await client.close()
         server.close()
     assert failed.value.status == 503
-    assert asyncio.get_running_loop().time() - started < 5
+    # the read timeout (0.3 s, botocore's retry included) ended it, not the server's 30 s: generous for a loaded box
+    assert asyncio.get_running_loop().time() - started < 20
     assert errors == ["get_object"]
 
 
