@@ -1,13 +1,15 @@
 """The real storage behind the proxy: one aiobotocore client, re-signing every request with upstream credentials.
 
-Reads are streamed (an async iterator over the body, never the whole object); upstream failures come back
-as :class:`~proxy.s3.errors.S3Error` with the upstream's own code, so the gateway answers as S3 would.
+Object reads (GET, HEAD) and forwarded sub-resources go as signed requests on one kept aiohttp session
+(:mod:`proxy.storage.forward`, :mod:`proxy.storage.reads`): botocore's per-operation cost was most of the proxy's
+CPU on a GET. Reads are streamed (an async iterator over the body, never the whole object); upstream failures
+come back as :class:`~proxy.s3.errors.S3Error` with the upstream's own code, so the gateway answers as S3 would.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,17 +23,9 @@ from botocore.handlers import validate_ascii_metadata
 
 from proxy.config import LimitsConfig, UpstreamConfig
 from proxy.s3.errors import S3Error
-from proxy.storage.forward import RawResponse, error_fields, send_signed
+from proxy.storage.forward import RawResponse, SignedSession, error_fields, read_bounded
+from proxy.storage.reads import ObjectResponse, pick_headers, read_request
 from proxy.storage.spool import SpooledBody
-
-#: Response headers passed from the upstream to the client on GET and HEAD.
-PASSED_HEADERS = (
-    "content-length", "content-type", "etag", "last-modified", "content-range", "accept-ranges",
-    "cache-control", "content-disposition", "content-encoding", "content-language", "expires",
-    "x-amz-version-id", "x-amz-storage-class", "x-amz-mp-parts-count", "x-amz-tagging-count",
-    "x-amz-delete-marker", "x-amz-website-redirect-location", "x-amz-server-side-encryption",
-)
-STREAM_CHUNK_BYTES = 256 * 1024
 
 #: Upstream answers that mean the proxy's OWN credentials or clock are wrong: never the client's fault.
 OWN_CREDENTIAL_ERRORS = frozenset({
@@ -40,44 +34,6 @@ OWN_CREDENTIAL_ERRORS = frozenset({
 
 _STATUS_CODES = {304: "NotModified", 400: "InvalidRequest", 403: "AccessDenied", 404: "NoSuchKey",
                  412: "PreconditionFailed", 416: "InvalidRange", 500: "InternalError", 503: "SlowDown"}
-
-
-def _wire(value: str) -> str:
-    """A header value as the upstream's bytes, in the latin-1 form an ASGI response writes byte for byte
-    (aiohttp decodes header bytes as UTF-8; metadata may be UTF-8)."""
-    return value.encode("utf-8", "surrogateescape").decode("latin-1")
-
-
-def _pick_headers(raw: Mapping[str, str]) -> dict[str, str]:
-    headers = {name: _wire(raw[name]) for name in PASSED_HEADERS if name in raw}
-    headers.update({name: _wire(value) for name, value in raw.items() if name.startswith("x-amz-meta-")})
-    return headers
-
-
-@dataclass
-class ObjectResponse:
-    """A GET or HEAD answer: status, the headers clients rely on, and (for GET) a streamed body."""
-
-    status: int
-    headers: dict[str, str]
-    _body: Any = None
-
-    async def iter_body(self, chunk_size: int = STREAM_CHUNK_BYTES) -> AsyncIterator[bytes]:
-        if self._body is None:
-            return
-        try:
-            async for chunk in self._body.iter_chunks(chunk_size):
-                yield chunk
-        except (aiohttp.ClientError, BotoCoreError, OSError, TimeoutError) as exc:  # the upstream broke off mid-body
-            raise S3Error("ServiceUnavailable", f"The storage behind this proxy broke off: {type(exc).__name__}") \
-                from exc
-        finally:
-            await self.close()
-
-    async def close(self) -> None:
-        body, self._body = self._body, None
-        if body is not None:
-            body.close()
 
 
 #: Headers of an upstream write answer that S3 clients get back (the checksum is echoed by the front itself).
@@ -109,6 +65,7 @@ class Upstream:
     on_error: Callable[[str], None] | None = None
     _client: Any = field(default=None, init=False)
     _stack: contextlib.AsyncExitStack | None = field(default=None, init=False)
+    _signed: SignedSession | None = field(default=None, init=False)
 
     async def start(self) -> None:
         session = get_session()
@@ -139,8 +96,13 @@ class Upstream:
         for event in ("before-parameter-build.s3.PutObject", "before-parameter-build.s3.CopyObject",
                       "before-parameter-build.s3.CreateMultipartUpload"):
             self._client.meta.events.unregister(event, validate_ascii_metadata)
+        self._signed = SignedSession(credentials=self._credentials, region=self.config.region, limits=self.limits,
+                                     verify_tls=self.config.verify_tls, pool_size=self.config.max_pool_connections)
 
     async def close(self) -> None:
+        if self._signed is not None:
+            await self._signed.close()
+            self._signed = None
         if self._stack is not None:
             await self._stack.aclose()
             self._stack = None
@@ -159,9 +121,12 @@ class Upstream:
 
     def _map_client_error(self, exc: ClientError, missing: str) -> S3Error:
         meta = exc.response.get("ResponseMetadata", {})
-        status = int(meta.get("HTTPStatusCode") or 500)
         error = exc.response.get("Error", {})
-        code = str(error.get("Code") or "")
+        return self._answer_error(int(meta.get("HTTPStatusCode") or 500), str(error.get("Code") or ""),
+                                  str(error.get("Message") or ""), meta.get("HTTPHeaders", {}), missing)
+
+    def _answer_error(self, status: int, code: str, message: str, raw: Mapping[str, str], missing: str) -> S3Error:
+        """An upstream error answer as the S3Error the client gets (a bodiless one named by its status)."""
         if not code or code.isdigit():
             code = missing if status == 404 else _STATUS_CODES.get(status, "InternalError")
         if code in OWN_CREDENTIAL_ERRORS:
@@ -169,10 +134,9 @@ class Upstream:
         if status >= 500 and self.on_error:
             self.on_error(code)
         headers = {}
-        raw = meta.get("HTTPHeaders", {})
         if status == 304:
             headers = {k: raw[k] for k in ("etag", "last-modified") if k in raw}
-        return S3Error(code, str(error.get("Message") or ""), status=status, headers=headers)
+        return S3Error(code, message, status=status, headers=headers)
 
     def _refused_us(self, code: str) -> S3Error:
         """The upstream refused the proxy's own credentials: a server fault (503), named as the upstream's."""
@@ -181,42 +145,48 @@ class Upstream:
         return S3Error("ServiceUnavailable", f"The storage behind this proxy ({self.config.endpoint}) refused "
                        f"the proxy's own credentials ({code}); the operator must fix [upstream].")
 
-    @staticmethod
-    def _conditions(range_: str | None, if_match: str | None, if_none_match: str | None,
-                    if_modified_since: datetime | None, if_unmodified_since: datetime | None) -> dict[str, Any]:
-        params: dict[str, Any] = {}
-        if range_:
-            params["Range"] = range_
-        if if_match:
-            params["IfMatch"] = if_match
-        if if_none_match:
-            params["IfNoneMatch"] = if_none_match
-        if if_modified_since:
-            params["IfModifiedSince"] = if_modified_since
-        if if_unmodified_since:
-            params["IfUnmodifiedSince"] = if_unmodified_since
-        return params
+    async def _read(self, method: str, bucket: str, key: str, params: dict[str, Any],
+                    operation: str) -> ObjectResponse:
+        """GET or HEAD as one signed request on the kept session (see proxy.storage.reads)."""
+        assert self._signed is not None, "Upstream.start() first"
+        query, headers = read_request(params)
+        try:
+            response = await self._signed.open(method, self._url(bucket, key), query, headers)
+        except (aiohttp.ClientError, BotoCoreError, OSError, TimeoutError) as exc:  # BotoCoreError: no credentials
+            if self.on_error:
+                self.on_error(operation)
+            raise S3Error("ServiceUnavailable", f"The storage behind this proxy did not answer: "
+                          f"{type(exc).__name__}") from exc
+        if response.status < 300:
+            return ObjectResponse(response.status, pick_headers(response.headers), response)
+        try:
+            body = await read_bounded(response) if method == "GET" else b""
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            body = b""
+        finally:
+            response.release()
+        code, message = error_fields(body)
+        raw = {name.lower(): value for name, value in response.headers.items()}
+        raise self._answer_error(response.status, code, message, raw, "NoSuchKey")
 
     async def get_object(self, bucket: str, key: str, *, range: str | None = None, if_match: str | None = None,
                          if_none_match: str | None = None, if_modified_since: datetime | None = None,
                          if_unmodified_since: datetime | None = None,
-                         extra: Mapping[str, str] | None = None) -> ObjectResponse:
-        """`extra`: VersionId and the Response* overrides, passed as they are."""
-        params = self._conditions(range, if_match, if_none_match, if_modified_since, if_unmodified_since)
-        params.update(extra or {})
-        response = await self._call("get_object", Bucket=bucket, Key=key, **params)
-        meta = response["ResponseMetadata"]
-        return ObjectResponse(int(meta["HTTPStatusCode"]), _pick_headers(meta["HTTPHeaders"]), response["Body"])
+                         extra: Mapping[str, Any] | None = None) -> ObjectResponse:
+        """`extra`: VersionId, PartNumber and the Response* overrides (botocore's names), passed as they are."""
+        params = {"Range": range, "IfMatch": if_match, "IfNoneMatch": if_none_match,
+                  "IfModifiedSince": if_modified_since, "IfUnmodifiedSince": if_unmodified_since, **(extra or {})}
+        return await self._read("GET", bucket, key, params, "get_object")
 
     async def head_object(self, bucket: str, key: str, *, if_match: str | None = None,
                           if_none_match: str | None = None, if_modified_since: datetime | None = None,
                           if_unmodified_since: datetime | None = None,
-                          extra: Mapping[str, str] | None = None) -> ObjectResponse:
-        params = self._conditions(None, if_match, if_none_match, if_modified_since, if_unmodified_since)
-        params.update(extra or {})
-        response = await self._call("head_object", Bucket=bucket, Key=key, **params)
-        meta = response["ResponseMetadata"]
-        return ObjectResponse(int(meta["HTTPStatusCode"]), _pick_headers(meta["HTTPHeaders"]))
+                          extra: Mapping[str, Any] | None = None) -> ObjectResponse:
+        params = {"IfMatch": if_match, "IfNoneMatch": if_none_match, "IfModifiedSince": if_modified_since,
+                  "IfUnmodifiedSince": if_unmodified_since, **(extra or {})}
+        response = await self._read("HEAD", bucket, key, params, "head_object")
+        await response.close()
+        return response
 
     async def read_object(self, bucket: str, key: str, body: SpooledBody) -> dict[str, str]:
         """Stream a whole object into a SpooledBody (bounded memory); returns its headers."""
@@ -347,11 +317,10 @@ class Upstream:
 
         The answer's body is bounded; an error answer becomes S3Error (the proxy's own credentials refused: 503).
         """
+        assert self._signed is not None, "Upstream.start() first"
         try:
-            answer = await send_signed(method, self._url(bucket, key), params, headers, body,
-                                       credentials=await self._credentials(), region=self.config.region,
-                                       limits=self.limits, verify_tls=self.config.verify_tls)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            answer = await self._signed.send(method, self._url(bucket, key), params, headers, body)
+        except (aiohttp.ClientError, BotoCoreError, OSError, TimeoutError) as exc:
             if self.on_error:
                 self.on_error(method)
             raise S3Error("ServiceUnavailable", f"The storage behind this proxy did not answer: "
@@ -359,13 +328,7 @@ class Upstream:
         if answer.status < 300:
             return answer
         code, message = error_fields(answer.body)
-        if not code:
-            code = missing if answer.status == 404 else _STATUS_CODES.get(answer.status, "InternalError")
-        if code in OWN_CREDENTIAL_ERRORS:
-            raise self._refused_us(code)
-        if answer.status >= 500 and self.on_error:
-            self.on_error(code)
-        raise S3Error(code, message, status=answer.status)
+        raise self._answer_error(answer.status, code, message, {}, missing)
 
     # ---- buckets -------------------------------------------------------------------------------------------
 
