@@ -137,10 +137,13 @@ def test_refusing_screen_holds_back_puts_and_multipart(proxy_factory) -> None:
     assert proxy.upstream_keys() == []
     assert proxy.upstream.multipart_uploads(proxy.real_bucket) == []
 
-    # The empty health-check object passes without the screen.
-    s3.put_object(Bucket=CLIENT_BUCKET, Key="health-check", Body=b"")
-    assert proxy.upstream_keys() == ["health-check"]
-    assert len(seen) == 2
+    # No key gets past the screen by its name: pict-rs's empty health-check object is screened like any upload
+    # (the real pipeline's EmptyObject step lets it land: test_empty_health_check_lands_through_a_strict_pipeline).
+    with pytest.raises(botocore.exceptions.ClientError) as info:
+        s3.put_object(Bucket=CLIENT_BUCKET, Key="health-check", Body=b"")
+    assert error_code(info) == "AccessDenied"
+    assert seen[-1] == ("health-check", 0, hashlib.sha256(b"").hexdigest())
+    assert proxy.upstream_keys() == []
 
 
 def test_refuse_verdict_is_slowdown(proxy_factory) -> None:
@@ -155,6 +158,39 @@ def test_refuse_verdict_is_slowdown(proxy_factory) -> None:
     assert proxy.upstream_keys() == []
 
 
+def test_empty_health_check_lands_through_a_strict_pipeline(moto_server, tmp_path) -> None:
+    """pict-rs 0.5.17+ PUTs an empty `health-check` object on every /healthz: the real screening pipeline, with
+    a policy that keeps out every non-media byte and refuses whatever it cannot screen (no detectors here),
+    lets zero bytes land under any key (its EmptyObject step), and nothing else, the same name included."""
+    from proxy.app import build_app
+    from proxy.config import load_config
+    from proxy.demo.pictrs_client import PictrsClient
+    from tests.support.proxy import CLIENTS, PICTRS_KEY, new_bucket, start_in_process, write_config
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('on_non_media = "reject"\non_undecodable = "reject"\non_unavailable = "refuse"\n')
+    bucket = new_bucket(moto_server)
+    path = write_config(tmp_path, moto_server, bucket, screening=f'policy = "{policy}"')
+    config = load_config(path)
+    running = start_in_process(config, moto_server, bucket, path, app=build_app(config))
+    try:
+        for generation in ("header", "presigned"):
+            PictrsClient(running.endpoint, CLIENT_BUCKET, PICTRS_KEY, CLIENTS[PICTRS_KEY], generation=generation,
+                         path_style=True).health_check()
+        assert moto_server.keys(bucket) == ["health-check"]
+        assert moto_server.get(bucket, "health-check") == b""
+        s3 = running.client()
+        s3.put_object(Bucket=CLIENT_BUCKET, Key="any/empty.bin", Body=b"")
+        for key, data in (("health-check", b"not empty"), ("note.txt", b"plain text")):
+            with pytest.raises(botocore.exceptions.ClientError) as info:
+                s3.put_object(Bucket=CLIENT_BUCKET, Key=key, Body=data)
+            assert error_code(info) == "AccessDenied"
+        assert moto_server.keys(bucket) == ["any/empty.bin", "health-check"]
+        assert moto_server.get(bucket, "health-check") == b""
+    finally:
+        running.stop()
+
+
 def test_health_ready_metrics(proxy) -> None:
     assert httpx.get(f"{proxy.endpoint}/healthz").status_code == 200
     assert httpx.get(f"{proxy.endpoint}/readyz").status_code == 200
@@ -163,6 +199,26 @@ def test_health_ready_metrics(proxy) -> None:
     assert 'bucketguard_requests_total{operation="PutObject",status="200"} 1.0' in text
     assert 'bucketguard_uploads_screened_total{action="allow"} 1.0' in text
     assert "bucketguard_request_seconds_bucket" in text
+
+
+def test_proxy_path_names_are_no_buckets_for_s3_clients(proxy) -> None:
+    """With a bucket map, the proxy's path names are refused as bucket names: a signed S3 request to one of them
+    is answered as S3 answers an unknown bucket (XML, which boto3 parses), never with the endpoint's own page;
+    the endpoints still answer requests without S3 authentication."""
+    s3 = proxy.client()
+    for name in ("metrics", "healthz", "readyz", "admin", "validate", "federation"):
+        for operation, params in (("get_object", {"Key": "x"}), ("list_objects_v2", {}),
+                                  ("put_object", {"Key": "x", "Body": b"1"})):
+            with pytest.raises(botocore.exceptions.ClientError) as info:
+                getattr(s3, operation)(Bucket=name, **params)
+            assert error_code(info) == "NoSuchBucket", name
+            assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 404
+        url = s3.generate_presigned_url("get_object", Params={"Bucket": name, "Key": "x"})
+        answer = httpx.get(url)
+        assert answer.status_code == 404 and b"<Code>NoSuchBucket</Code>" in answer.content, name
+    assert proxy.upstream_keys() == []
+    assert httpx.get(f"{proxy.endpoint}/metrics").text.startswith("#")
+    assert httpx.get(f"{proxy.endpoint}/healthz").text == "ok\n"
 
 
 def test_failed_upstream_write_is_reported_for_the_record(moto_server, tmp_path) -> None:

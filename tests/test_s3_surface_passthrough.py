@@ -3,11 +3,13 @@ in every mode (pass-through, an empty map, a map naming it), judged by the bucke
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import botocore.exceptions
+import httpx
 import pytest
 
 from proxy.config import load_config
@@ -123,3 +125,38 @@ def test_quarantine_bucket_unreachable_with_any_map(moto_server, tmp_path_factor
         running.stop()
     _evidence_intact(moto_server, quarantine_bucket)
     assert "stolen" not in moto_server.keys(real_bucket)
+
+
+#: The proxy's own path-style endpoints that are also valid S3 bucket names.
+PROXY_PATH_NAMES = ("healthz", "readyz", "metrics", "admin", "validate", "federation")
+
+
+def test_buckets_named_like_proxy_paths_answer_s3(passthrough, moto_server) -> None:
+    """In pass-through mode a bucket may be called `metrics` or `admin`: boto3 (path style, signed) gets S3
+    for every one of them, as the buckets on moto show, while an unsigned GET of /healthz or /metrics is still
+    the proxy's own endpoint."""
+    s3 = passthrough.client()
+    try:
+        for name in PROXY_PATH_NAMES:
+            s3.create_bucket(Bucket=name)
+            s3.put_object(Bucket=name, Key="k.txt", Body=name.encode())
+            assert moto_server.get(name, "k.txt") == name.encode()
+            assert s3.get_object(Bucket=name, Key="k.txt")["Body"].read() == name.encode()
+            assert s3.head_object(Bucket=name, Key="k.txt")["ContentLength"] == len(name)
+            assert [o["Key"] for o in s3.list_objects_v2(Bucket=name)["Contents"]] == ["k.txt"]
+            s3.head_bucket(Bucket=name)
+            url = s3.generate_presigned_url("get_object", Params={"Bucket": name, "Key": "k.txt"})
+            assert httpx.get(url).content == name.encode()
+            with pytest.raises(botocore.exceptions.ClientError) as missing:
+                s3.get_object(Bucket=name, Key="missing")
+            assert missing.value.response["Error"]["Code"] == "NoSuchKey"  # parsed from S3's XML error
+        assert set(PROXY_PATH_NAMES) <= {b["Name"] for b in s3.list_buckets()["Buckets"]}
+        assert httpx.get(f"{passthrough.endpoint}/healthz").text == "ok\n"
+        assert "bucketguard_requests_total" in httpx.get(f"{passthrough.endpoint}/metrics").text
+    finally:
+        for name in PROXY_PATH_NAMES:
+            with contextlib.suppress(botocore.exceptions.ClientError):
+                s3.delete_object(Bucket=name, Key="k.txt")
+                s3.delete_bucket(Bucket=name)
+    upstream = {b["Name"] for b in moto_server.client().list_buckets()["Buckets"]}
+    assert not upstream & set(PROXY_PATH_NAMES), "deleted through the proxy"

@@ -31,7 +31,6 @@ log = logging.getLogger("bucketguard.front")
 #: Keys under this prefix are the proxy's own (multipart staging); clients never see or touch them.
 INTERNAL_PREFIX = ".bucketguard/"
 STAGING_PREFIX = INTERNAL_PREFIX + "staging/"
-HEALTH_CHECK_KEY = "health-check"
 #: Request headers stored with the object, as (header, botocore parameter).
 STORED_HEADERS = (("cache-control", "CacheControl"), ("content-disposition", "ContentDisposition"),
                   ("content-language", "ContentLanguage"), ("expires", "Expires"), ("x-amz-tagging", "Tagging"),

@@ -1,8 +1,10 @@
 """The proxy's ASGI app: the S3 front, its own health and metrics endpoints, and the start-up wiring.
 
 Routing rule for the proxy's own endpoints (`/healthz`, `/readyz`, `/metrics`, `/admin/...`, `/validate`,
-`/_bucketguard/...`): they answer only for path-style requests, and those names are refused as bucket names
-(`reserved_bucket_names`), so they never shadow a bucket or a key. Everything else is S3.
+`/federation/...`, `/_bucketguard/...`): they answer only path-style requests that carry no S3 authentication
+(no SigV4 or SigV2 `Authorization`, no presigned query; a `Bearer` token is theirs). A request an S3 client
+signed is S3 whatever its path, so a bucket of one of those names (served in pass-through mode; refused as a
+mapped name) answers S3 XML like any other. Everything else is S3.
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ from proxy.storage.upstream import Upstream
 log = logging.getLogger("bucketguard.gateway")
 access_log = logging.getLogger(ACCESS_LOGGER)
 
-#: Path-style first segments that belong to the proxy itself, never to a bucket.
+#: Path-style first segments of the proxy's own endpoints (for requests without S3 authentication).
 RESERVED_NAMES = frozenset({"healthz", "readyz", "metrics", "admin", "validate", "_bucketguard", "federation"})
+#: Query parameters that make a request a presigned S3 one (SigV4, and boto3's default SigV2 form).
+PRESIGNED_MARKERS = frozenset({b"X-Amz-Algorithm", b"X-Amz-Credential", b"X-Amz-Signature", b"AWSAccessKeyId"})
 
 
 @dataclass
@@ -175,6 +179,15 @@ class S3Front:
         return await ops.handler(operation)(call)
 
 
+def carries_s3_auth(scope: Scope) -> bool:
+    """Whether a request is signed the way S3 clients sign (valid or not: verification judges that)."""
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            return value.lstrip().startswith((b"AWS4-", b"AWS "))
+    query: bytes = scope.get("query_string", b"")
+    return any(part.partition(b"=")[0] in PRESIGNED_MARKERS for part in query.split(b"&")) if query else False
+
+
 class Gateway:
     """The outer ASGI callable: virtual-host requests go straight to S3; path-style ones are routed."""
 
@@ -191,7 +204,8 @@ class Gateway:
         if scope["type"] == "http":
             host = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"host"), "")
             first = scope["path"].lstrip("/").split("/", 1)[0]
-            if bucket_from_host(host, self._base_domains) is not None or first not in RESERVED_NAMES:
+            if first not in RESERVED_NAMES or bucket_from_host(host, self._base_domains) is not None \
+                    or carries_s3_auth(scope):
                 await self.s3(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -3,10 +3,9 @@ sub-resources (tagging, ACL, attributes) forwarded to the upstream without ever 
 
 from __future__ import annotations
 
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from proxy.front.calls import (
-    HEALTH_CHECK_KEY,
     Call,
     Handlers,
     checksum_echo,
@@ -16,6 +15,7 @@ from proxy.front.calls import (
     stored_headers,
     write_conditions,
 )
+from proxy.front.relay import RelayResponse
 from proxy.s3 import xml
 from proxy.s3.errors import S3Error
 from proxy.screening.upload import Upload
@@ -59,7 +59,8 @@ class ObjectOperations(Handlers):
             if_unmodified_since=http_date(h.get("if-unmodified-since")), extra=extra)
         size = int(response.headers.get("content-length", "0") or 0)
         self.metrics.bytes_out.inc(size)
-        return StreamingResponse(response.iter_body(), status_code=response.status, headers=response.headers)
+        return RelayResponse(response.iter_body(), status_code=response.status, headers=response.headers,
+                             close=response.close)
 
     async def head_object(self, call: Call) -> Response:
         h = call.headers
@@ -78,22 +79,19 @@ class ObjectOperations(Handlers):
             extra.update(write_conditions(call.headers))
             checksum = await checksum_echo(call, body)
             extra.update(checksum_parameters(checksum))
-            upload = verdict = None
-            if not (body.size == 0 and key.rsplit("/", 1)[-1] == HEALTH_CHECK_KEY):
-                upload = Upload(call.bucket, call.real_bucket, key, call.auth.access_key, content_type, body,
-                                metadata)
-                verdict = await self.screen_upload(upload)
-                if not verdict.lands:
-                    raise self.refusal(verdict)
+            # Every body is screened, empty ones too (pict-rs's `health-check`): the screen's EmptyObject step
+            # lets zero bytes land whatever the policy says of non-media.
+            upload = Upload(call.bucket, call.real_bucket, key, call.auth.access_key, content_type, body, metadata)
+            verdict = await self.screen_upload(upload)
+            if not verdict.lands:
+                raise self.refusal(verdict)
             try:
                 written = await self.upstream.put_object(call.real_bucket, key, body, content_type=content_type,
                                                          metadata=metadata, extra=extra)
             except BaseException as error:
-                if upload is not None and verdict is not None:
-                    await self.write_failed(upload, verdict, error)
+                await self.write_failed(upload, verdict, error)
                 raise
-            if upload is not None:
-                await self.landed(upload)
+            await self.landed(upload)
             headers = {**written.headers, "ETag": written.etag, **checksum}
         finally:
             body.close()
