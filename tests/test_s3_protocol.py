@@ -60,6 +60,29 @@ def test_header_form_round_trip_and_tamper(key: str) -> None:
     assert info.value.code == "SignatureDoesNotMatch"
 
 
+def test_kept_signing_key_is_per_secret_day_and_region() -> None:
+    """The derived key is kept between requests: it must still be the secret's own (a rotated secret refuses
+    what the old one signed, on the same day), and for another day or region the key is derived afresh."""
+    path, query, headers = header_signed("GET", f"http://{HOST}/pictrs/k")
+    assert verify("GET", path, query, headers, secrets=secrets, region="us-east-1").access_key == AK
+    assert verify("GET", path, query, headers, secrets=secrets, region="us-east-1").access_key == AK  # kept key
+    with pytest.raises(S3Error) as info:
+        verify("GET", path, query, headers, secrets=lambda key: "rotated-secret", region="us-east-1")
+    assert info.value.code == "SignatureDoesNotMatch"
+    _, _, other_region = header_signed("GET", f"http://{HOST}/pictrs/k", region="garage")
+    assert verify("GET", path, query, other_region, secrets=secrets, region="garage").region == "garage"
+    with pytest.raises(S3Error) as info:  # the us-east-1 key never serves a garage-scoped signature
+        verify("GET", path, query, [(k, v.replace("/garage/", "/us-east-1/")) for k, v in other_region],
+               secrets=secrets, region="us-east-1")
+    assert info.value.code == "SignatureDoesNotMatch"
+    day = "20260101"
+    expected = hmac.new(f"AWS4{SK}".encode(), day.encode(), hashlib.sha256).digest()
+    for part in ("us-east-1", "s3", "aws4_request"):
+        expected = hmac.new(expected, part.encode(), hashlib.sha256).digest()
+    assert signing_key(SK, day, "us-east-1") == expected == signing_key(SK, day, "us-east-1")
+    assert signing_key(SK, "20260102", "us-east-1") != expected
+
+
 def test_header_form_errors() -> None:
     path, query, headers = header_signed("GET", f"http://{HOST}/pictrs/k")
     with pytest.raises(S3Error) as info:

@@ -10,6 +10,7 @@ bodies need to check each chunk's signature.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
@@ -83,7 +84,10 @@ def same_digest(expected: str, given: str) -> bool:
     return hmac.compare_digest(expected.encode("utf-8", "replace"), given.encode("utf-8", "replace"))
 
 
+@functools.lru_cache(maxsize=256)
 def signing_key(secret: str, date: str, region: str, service: str = "s3") -> bytes:
+    """SigV4's derived key (four HMACs), the same for every request of one secret, day, region and service:
+    kept for the next one (bounded; the region is checked before any signature, so one served region)."""
     key = hmac.new(f"AWS4{secret}".encode(), date.encode(), hashlib.sha256).digest()
     for part in (region, service, "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
@@ -140,6 +144,12 @@ class _VerifyingSigner(S3SigV4Auth):
 
     def payload(self, request: AWSRequest) -> str:
         return self._payload
+
+    def signature(self, string_to_sign: str, request: AWSRequest) -> str:
+        # botocore derives the signing key again on every call; the cached one is the same key.
+        key = signing_key(self.credentials.secret_key, request.context["timestamp"][:8], self._region_name,
+                          self._service_name)
+        return hmac_hex(key, string_to_sign)
 
 
 def _compute_signature(*, method: str, uri: str, headers: HTTPHeaders, query: str, payload: str,
