@@ -109,6 +109,7 @@ class DecodePool:
         self.limits = limits or DecodeLimits()
         self.stopped = 0  # tasks stopped at a limit (the worker was killed or hit its memory cap)
         self.in_flight = 0  # tasks running or waiting
+        self.submitted = 0  # tasks accepted since start (each one round trip to a worker)
         self._pool: pebble.ProcessPool | None = None
         self._lock = threading.Lock()
 
@@ -128,6 +129,7 @@ class DecodePool:
             if self.in_flight >= self.workers + self.limits.max_waiting:
                 raise DecodeBusy(f"{self.in_flight} decodes are already running or waiting")
             self.in_flight += 1
+            self.submitted += 1
         future = pool.schedule(_run_limited, args=(function, args, self.limits.cpu_seconds),
                                timeout=self.limits.wall_seconds)
         future.add_done_callback(self._finished)

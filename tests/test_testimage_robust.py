@@ -123,6 +123,24 @@ def test_edited_copies_match_and_unrelated_images_do_not_with_a_margin(capsys: p
     assert closest >= ROBUST_MAX_DISTANCE + 15  # and a wider one on the false-match side
 
 
+def test_the_pipelines_bounded_distance_is_the_exact_one_within_reach() -> None:
+    """The pipeline skips crops whose coarse (8x6) layout is already too far: where the exact distance is within
+    ROBUST_EXACT_UP_TO it gets the very same number, elsewhere a number past ROBUST_EXACT_UP_TO (never a match)."""
+    from proxy.screening.testimage import ROBUST_EXACT_UP_TO, robust_distance
+
+    images = [Image.open(io.BytesIO(data)) for _, data in edited_copies()]
+    images += list(unrelated_images())[::7]
+    within = 0
+    for image in images:
+        exact, bounded = robust_distance(image), robust_distance(image, exact_up_to=ROBUST_EXACT_UP_TO)
+        if exact <= ROBUST_EXACT_UP_TO:
+            within += 1
+            assert bounded == exact
+        else:
+            assert ROBUST_EXACT_UP_TO < bounded <= exact + 1e-4
+    assert within >= 39  # every edited copy, and some unrelated images near the threshold's margin
+
+
 @pytest.mark.parametrize("data", [b"", b"not an image", encode(REFERENCE)[:300],
                                   encode(Image.new("RGB", (4, 4), "red"))])
 def test_bad_or_tiny_input_is_no_match_and_never_raises(data: bytes) -> None:

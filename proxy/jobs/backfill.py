@@ -58,6 +58,10 @@ class Backfill:
         self._outcomes: list[dict[str, str]] = []
         self._flushed_at = time.monotonic()
         self._flush_lock = asyncio.Lock()
+        # what the scan learns of the bytes goes to the verdict cache in the outcomes' batches, not one write each
+        self.cache = getattr(pipeline, "cache", None)
+        if self.cache is not None:
+            self.cache.hold_writes(flush_every)
 
     async def list_all(self) -> int:
         """List the bucket into the run while this scanner holds the listing; returns the objects listed."""
@@ -161,10 +165,12 @@ class Backfill:
             await self.flush()
 
     async def flush(self) -> None:
-        """Write the buffered outcomes in one transaction."""
+        """Write the buffered outcomes in one transaction (and the verdict-cache entries held with them)."""
         async with self._flush_lock:
             batch, self._outcomes = self._outcomes, []
             self._flushed_at = time.monotonic()
+            if self.cache is not None:
+                await self.cache.flush()
             await self.run.write_outcomes(batch)
 
     async def _recorded(self, key: str, sha256: str | None = None) -> tuple[str, str] | None:

@@ -7,14 +7,24 @@ they get the same verdict. It keeps signals, not actions: a policy change re-eva
 running the models again, and an entry made by other packs than the current ones is scanned again.
 `allowed_hashes` is the operator's allow list in the database (a released false positive lands there, bound
 to its SHA-256).
+
+Reads and writes come in batches. Lookups made while a query is on its way are answered together by the next
+query (one round trip for many concurrent uploads or scanned objects, however many). Writes are upserts, one
+statement for a batch: a backfill holds them (`hold_writes`) and writes one transaction per batch instead of one
+per object; entries still held are seen by this process's lookups. Losing held entries in a crash costs only a
+second scan of those bytes: the cache is never the record of a decision.
 """
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import json
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Boolean, Column, Connection, String, Table, Text, literal, literal_column, select
+from sqlalchemy import Boolean, Column, Connection, String, Table, Text, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from proxy.screening.hashing import FrameHashes
@@ -70,37 +80,103 @@ class CachedScan:
         return first.hash_hex if first is not None else ""
 
 
+#: Lookups answered by one query at most (well under SQLite's 32,766 bound parameters).
+LOOKUP_BATCH = 500
+
+Found = tuple[bool, CachedScan | None]
+
+
+def _retrieved(future: asyncio.Future[Found]) -> None:
+    if not future.cancelled():
+        future.exception()  # every waiter may have gone: never "exception was never retrieved"
+
+
 class VerdictCache:
     def __init__(self, db: Database) -> None:
         self._engine = db.engine
+        self._dialect = db.dialect
+        self._held: dict[str, CachedScan] = {}
+        self._hold = 0  # entries held before a write; 0: every put is written at once
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: dict[str, asyncio.Future[Found]] = {}  # lookups for the next query
+        self._reader: asyncio.Task[None] | None = None
 
-    async def lookup(self, sha256: str) -> tuple[bool, CachedScan | None]:
-        """Whether the operator allowed these bytes, and what the detectors said of them: one query."""
-        allowed = select(allowed_hashes.c.sha256).where(allowed_hashes.c.sha256 == sha256).exists()
-        query = select(allowed.label("allowed"), verdict_cache.c.packs_json, verdict_cache.c.signals_json,
-                       verdict_cache.c.frames_json, verdict_cache.c.undecodable, verdict_cache.c.media).select_from(
-            select(literal(sha256).label("sha256")).subquery("probe").outerjoin(
-                verdict_cache, verdict_cache.c.sha256 == literal_column("probe.sha256")))
+    def hold_writes(self, batch: int) -> None:
+        """Hold up to `batch` entries and write them in one transaction (`flush` writes them earlier)."""
+        self._hold = max(0, batch)
+
+    async def lookup(self, sha256: str) -> Found:
+        """Whether the operator allowed these bytes, and what is cached of them (answered with the other lookups
+        waiting for the same query)."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a cache used from another event loop starts afresh
+            self._loop, self._waiting, self._reader = loop, {}, None
+        future = self._waiting.get(sha256)
+        if future is None:
+            future = self._waiting[sha256] = loop.create_future()
+            future.add_done_callback(_retrieved)
+            if self._reader is None or self._reader.done():
+                self._reader = loop.create_task(self._answer_waiting())
+        allowed, cached = await asyncio.shield(future)  # a waiter cancelled leaves the answer to the others
+        held = self._held.get(sha256)
+        return allowed, held if held is not None else cached
+
+    async def _answer_waiting(self) -> None:
+        """One query per batch of waiting lookups, until none is waiting."""
+        while self._waiting:
+            batch = {sha: self._waiting.pop(sha) for sha in list(itertools.islice(self._waiting, LOOKUP_BATCH))}
+            try:
+                found = await self._read(list(batch))
+            except Exception as exc:  # every lookup of the batch fails as its own query would have
+                for future in batch.values():
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            except BaseException:
+                for future in batch.values():
+                    future.cancel()
+                raise
+            for sha, future in batch.items():
+                if not future.done():
+                    future.set_result(found[sha])
+
+    async def _read(self, shas: list[str]) -> dict[str, Found]:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).mappings().one()
-        if row["packs_json"] is None:
-            return bool(row["allowed"]), None
-        frames = FrameHashes.from_json(row["frames_json"]) if row["frames_json"] else None
-        return bool(row["allowed"]), CachedScan(json.loads(row["packs_json"]), json.loads(row["signals_json"]),
-                                                frames, bool(row["undecodable"]), bool(row["media"]))
+            allowed = set((await conn.execute(select(allowed_hashes.c.sha256).where(
+                allowed_hashes.c.sha256.in_(shas)))).scalars())
+            rows = (await conn.execute(select(
+                verdict_cache.c.sha256, verdict_cache.c.packs_json, verdict_cache.c.signals_json,
+                verdict_cache.c.frames_json, verdict_cache.c.undecodable, verdict_cache.c.media).where(
+                verdict_cache.c.sha256.in_(shas)))).mappings().all()
+        cached = {row["sha256"]: CachedScan(
+            json.loads(row["packs_json"]), json.loads(row["signals_json"]),
+            FrameHashes.from_json(row["frames_json"]) if row["frames_json"] else None, bool(row["undecodable"]),
+            bool(row["media"])) for row in rows}
+        return {sha: (sha in allowed, cached.get(sha)) for sha in shas}
 
     async def put(self, sha256: str, scan: CachedScan) -> None:
-        values = {"packs_json": json.dumps(scan.packs, sort_keys=True), "signals_json": json.dumps(scan.signals),
-                  "pdq": scan.pdq, "frames_json": scan.frames.to_json() if scan.frames is not None else "",
-                  "undecodable": scan.undecodable, "media": scan.media, "updated_at": now_text()}
-        async with self._engine.begin() as conn:
-            result = await conn.execute(verdict_cache.update().where(verdict_cache.c.sha256 == sha256).values(**values))
-            if result.rowcount == 0:
-                try:
-                    async with conn.begin_nested():
-                        await conn.execute(verdict_cache.insert().values(sha256=sha256, **values))
-                except IntegrityError:
-                    pass  # another replica cached the same bytes at the same moment
+        """Cache what is known of these bytes: at once, or with the batch when writes are held."""
+        self._held[sha256] = scan
+        if len(self._held) >= self._hold:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write the held entries: one upsert statement in one transaction."""
+        if not self._held:
+            return
+        batch, self._held = self._held, {}
+        now = now_text()
+        rows: list[dict[str, Any]] = [
+            {"sha256": sha256, "packs_json": json.dumps(scan.packs, sort_keys=True),
+             "signals_json": json.dumps(scan.signals), "pdq": scan.pdq,
+             "frames_json": scan.frames.to_json() if scan.frames is not None else "",
+             "undecodable": scan.undecodable, "media": scan.media, "updated_at": now}
+            for sha256, scan in batch.items()]
+        insert = (postgresql.insert if self._dialect == "postgresql" else sqlite.insert)(verdict_cache)
+        upsert = insert.on_conflict_do_update(index_elements=["sha256"], set_={
+            name: insert.excluded[name] for name in rows[0] if name != "sha256"})
+        async with self._engine.begin() as conn:  # a failed write loses these entries: they are scanned again
+            await conn.execute(upsert, rows)
 
     async def allow(self, sha256: str, *, reason: str, added_by: str) -> None:
         async with self._engine.begin() as conn:

@@ -79,23 +79,30 @@ class Facts:
             cached = await self.cached()
             if cached is not None:
                 self._media = cached.media
+            elif (await self.frames()).decodable:  # known already (the perceptual step ran): no sniff needed
+                self._media = True
             else:
                 head = await asyncio.to_thread(lambda: self.body.reader().read(SNIFF_BYTES))
-                self._media = sniff(head) != "unknown" or (await self.frames()).decodable
+                self._media = sniff(head) != "unknown"
         return self._media
 
     async def data(self) -> bytes | None:
         """The whole body in memory, or None when it is too large to screen."""
         if self._data is _UNSET:
-            self._data = await asyncio.to_thread(self.body.read_all) if self.fits else None
+            if not self.fits:
+                self._data = None
+            elif self.body.in_memory:  # no file to read: no thread needed
+                self._data = self.body.read_all()
+            else:
+                self._data = await asyncio.to_thread(self.body.read_all)
         return self._data
 
     async def frames(self) -> FrameHashes:
-        """PDQ of every sampled frame in its eight orientations: from the cache when known, else decoded (in a
-        killable worker process, within the decode budget)."""
+        """PDQ of every sampled frame in its eight orientations (and a still's distance to the test image): from
+        the cache when known, else decoded (in a killable worker process, within the decode budget)."""
         if self._frames is None:
             cached = await self.cached()
-            if cached is not None and cached.frames is not None:
+            if cached is not None and cached.frames is not None and cached.frames.measured:
                 self._frames = cached.frames
             elif (data := await self.data()) is not None:
                 self._frames = await frame_hashes(data)

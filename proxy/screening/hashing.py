@@ -12,7 +12,10 @@ frames come from the same bounded decoder the detectors use (:mod:`inference.med
 decode, with one budget, and `vpdq`'s own FFmpeg build is not needed.
 
 Decoding runs in a killable worker process (:mod:`inference.decode_pool`), never in the proxy itself: bytes
-over the decode budget, or stopped at its CPU-time, memory or wall limit, are undecodable.
+over the decode budget, or stopped at its CPU-time, memory or wall limit, are undecodable. The same task measures
+a still's distance to the test image (:func:`proxy.screening.testimage.robust_distance`) on the frame it decoded,
+so an upload is decoded once and sent to the pool once, and the distance is kept in the verdict cache with the
+hashes (a cache hit decodes nothing).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import numpy as np
 
 from inference.decode_pool import DecodeBusy, DecodeLimitExceeded, DecodePool, shared_pool
 from inference.media import MediaLimits, decode
+from proxy.screening.testimage import still_distance
 
 #: PDQ is computed on at most this many pixels per side (it works on a 64x64 downsample anyway): frames are
 #: decoded for a 256x256 target, which `inference.media` keeps at up to twice that.
@@ -67,6 +71,12 @@ class FrameHashes:
     stopped: bool = False
     #: not hashed because every decode worker was busy (an overload: nothing about the bytes is known)
     busy: bool = False
+    #: a still's distance to the test image (testimage.still_distance, exact up to ROBUST_EXACT_UP_TO); None when
+    #: not measured (not a still, or too small to look at)
+    test_distance: float | None = None
+    #: False for a cache entry made before the distance was kept: its bytes are decoded again, never taken as
+    #: "not the test image"
+    measured: bool = True
 
     @property
     def first(self) -> Pdq | None:
@@ -79,15 +89,17 @@ class FrameHashes:
 
     def to_json(self) -> str:
         return json.dumps({"decodable": self.decodable, "kind": self.kind, "reason": self.reason,
-                           "over_budget": self.over_budget,
+                           "over_budget": self.over_budget, "test_distance": self.test_distance,
                            "frames": [[[p.hash_hex, p.quality] for p in variants] for variants in self.frames]})
 
     @classmethod
     def from_json(cls, text: str) -> FrameHashes:
         raw: dict[str, Any] = json.loads(text)
         frames = tuple(tuple(Pdq(str(h), int(q)) for h, q in variants) for variants in raw["frames"])
+        distance = raw.get("test_distance")
         return cls(bool(raw["decodable"]), str(raw["kind"]), str(raw["reason"]), frames,
-                   bool(raw.get("over_budget")))
+                   bool(raw.get("over_budget")), test_distance=None if distance is None else float(distance),
+                   measured="test_distance" in raw)
 
 
 def hash_bytes(data: bytes) -> Hashes:
@@ -102,11 +114,14 @@ def _pdq_variants(frame: Any) -> tuple[Pdq, ...]:
 
 
 def frame_hashes_here(data: bytes) -> FrameHashes:
-    """Decode and hash in THIS process: only for a decode-pool worker (unbounded otherwise)."""
+    """Decode and hash in THIS process (and measure a still's distance to the test image): only for a
+    decode-pool worker (unbounded otherwise)."""
     media = decode(data, None, PDQ_LIMITS, _TARGET)
     if media.undecodable:
         return FrameHashes(False, "none", media.reason, over_budget=media.over_budget)
-    return FrameHashes(True, media.kind, "", tuple(_pdq_variants(frame) for frame in media.frames))
+    distance = still_distance(media.frames[0]) if media.kind == "image" else None
+    return FrameHashes(True, media.kind, "", tuple(_pdq_variants(frame) for frame in media.frames),
+                       test_distance=distance)
 
 
 def _stopped(exc: DecodeLimitExceeded) -> FrameHashes:

@@ -11,14 +11,13 @@ import logging
 from typing import Any, Protocol
 
 from inference.client import OUTAGES
-from inference.decode_pool import DecodeBusy, DecodeLimitExceeded, shared_pool
 from proxy.screening.cache import CachedScan, VerdictCache
 from proxy.screening.facts import MAX_DETECTOR_BYTES, Decision, Facts
 from proxy.screening.hashlists import HashList, HashLists, Match
 from proxy.screening.policy import Policy
 from proxy.screening.testimage import CATEGORY as TEST_CATEGORY
 from proxy.screening.testimage import RULE as TEST_RULE
-from proxy.screening.testimage import match_bytes as robust_test_image
+from proxy.screening.testimage import is_test_image
 
 log = logging.getLogger("bucketguard.pipeline")
 
@@ -114,28 +113,19 @@ class PerceptualMatch:
         candidates = frames.candidates()
         if not candidates:
             return None
-        try:
-            match = (self.hashlists.blocked(facts.hashes, candidates)
-                     or self.test_list.match_pdq(candidates, self.hashlists.pdq_max_distance)
-                     or await self._robust_test_image(facts))
-        except DecodeBusy as exc:
-            return Decision("refuse", "decode-busy", "", "unavailable", f"not matched: {exc}", **await facts.base())
+        match = (self.hashlists.blocked(facts.hashes, candidates)
+                 or self.test_list.match_pdq(candidates, self.hashlists.pdq_max_distance)
+                 or self._robust_test_image(frames.test_distance))
         if match is None:
             return None
         return list_decision(match, await facts.base(), self.test_list)
 
-    async def _robust_test_image(self, facts: Facts) -> Match | None:
-        """The test image after crops, borders or thumbnailing, where PDQ loses it (proxy.screening.testimage);
-        only for stills the bounded decoder already read."""
-        frames = await facts.frames()
-        data = await facts.data()
-        if data is None or not frames.decodable or frames.over_budget or frames.kind != "image":
+    def _robust_test_image(self, distance: float | None) -> Match | None:
+        """The test image after crops, borders or thumbnailing, where PDQ loses it (proxy.screening.testimage):
+        the distance was measured on a still's decoded frame in the same decode-pool task as its PDQ hashes."""
+        if distance is None or not is_test_image(distance):
             return None
-        try:  # decoded again, so in a killable worker process like every decode of upload bytes
-            distance = await shared_pool().run(robust_test_image, data)
-        except DecodeLimitExceeded:
-            return None
-        return None if distance is None else Match(self.test_list.name, "layout", f"{distance:.2f}", TEST_CATEGORY)
+        return Match(self.test_list.name, "layout", f"{distance:.2f}", TEST_CATEGORY)
 
 
 class NonMedia:
