@@ -1,5 +1,6 @@
 """The proxy's own objects leave a versioned bucket completely: staging keys (janitor and front) and purged
-quarantine bytes are deleted version by version, judged by ListObjectVersions on the real upstream (moto).
+quarantine bytes are deleted version by version, judged by ListObjectVersions on the real upstream (moto, and
+Ceph RGW where it is installed: tests/support/rgw.py).
 
 A plain DELETE on a versioned bucket only adds a delete marker: the unscreened (or caught) bytes would stay
 readable by version id in the real bucket.
@@ -90,14 +91,21 @@ async def live_upload(parts: Parts) -> str:
     return upload_id
 
 
+@pytest.fixture(params=["moto", "rgw"])
+def upstream_server(request: pytest.FixtureRequest) -> S3Server:
+    """The real upstream: moto, and Ceph RGW (a one-node cluster shared by the session)."""
+    return request.getfixturevalue({"moto": "moto_server", "rgw": "rgw_server"}[request.param])
+
+
 @pytest.fixture
-async def parts(moto_server: S3Server, database_url: str, tmp_path: Path) -> AsyncIterator[Parts]:
-    async with janitor_parts(moto_server, versioned_bucket(moto_server), database_url, tmp_path) as opened:
+async def parts(upstream_server: S3Server, database_url: str, tmp_path: Path) -> AsyncIterator[Parts]:
+    async with janitor_parts(upstream_server, versioned_bucket(upstream_server), database_url, tmp_path) as opened:
         yield opened
 
 
-async def test_janitor_deletes_every_version_of_orphaned_staging_keys(parts: Parts, moto_server: S3Server) -> None:
-    s3 = moto_server.client()
+async def test_janitor_deletes_every_version_of_orphaned_staging_keys(parts: Parts,
+                                                                     upstream_server: S3Server) -> None:
+    s3 = upstream_server.client()
     bucket = parts.bucket
     orphan = f"{STAGING_PREFIX}orphan-{uuid.uuid4().hex}"  # a proxy killed between the verdict and the delete
     hidden = f"{STAGING_PREFIX}hidden-{uuid.uuid4().hex}"  # deleted plainly: only old versions hold its bytes
@@ -109,17 +117,17 @@ async def test_janitor_deletes_every_version_of_orphaned_staging_keys(parts: Par
     s3.put_object(Bucket=bucket, Key="client/photo.png", Body=b"v1")  # a client's versions are not the janitor's
     s3.put_object(Bucket=bucket, Key="client/photo.png", Body=b"v2")
     assert s3.list_objects_v2(Bucket=bucket, Prefix=hidden)["KeyCount"] == 0  # invisible to a plain listing
-    assert versions(moto_server, bucket, hidden) == [(hidden, "marker"), (hidden, "version")]
+    assert versions(upstream_server, bucket, hidden) == [(hidden, "marker"), (hidden, "version")]
 
     janitor = janitor_for(parts)
     first = await janitor.run_once()  # nothing goes before this process has seen it unowned for the age
     assert first.orphans_deleted == 0
-    assert versions(moto_server, bucket, STAGING_PREFIX) == sorted(
+    assert versions(upstream_server, bucket, STAGING_PREFIX) == sorted(
         [(orphan, "version"), (orphan, "version"), (hidden, "marker"), (hidden, "version"), (live, "version")])
     second = await janitor.run_once()
     assert second.orphans_deleted == 2
-    assert versions(moto_server, bucket, STAGING_PREFIX) == [(live, "version")]
-    assert versions(moto_server, bucket, "client/") == [("client/photo.png", "version")] * 2
+    assert versions(upstream_server, bucket, STAGING_PREFIX) == [(live, "version")]
+    assert versions(upstream_server, bucket, "client/") == [("client/photo.png", "version")] * 2
     assert (await parts.multipart.get(live_id)).state == "completing"  # type: ignore[union-attr]
 
 
@@ -161,13 +169,14 @@ async def test_janitor_sweeps_current_objects_where_versions_cannot_be_listed(
         relay.stop()
 
 
-def test_multipart_refused_or_landed_leaves_no_staging_version(proxy_factory, moto_server: S3Server) -> None:
-    bucket = versioned_bucket(moto_server)
+def test_multipart_refused_or_landed_leaves_no_staging_version(proxy_factory, upstream_server: S3Server) -> None:
+    bucket = versioned_bucket(upstream_server)
 
     async def screen(upload: Upload) -> Verdict:
         return Verdict("quarantine", rule="test") if upload.key.startswith("bad") else Verdict("allow")
 
-    proxy = proxy_factory(screen=screen, real_bucket=bucket, limits="janitor_interval_s = 0.0")
+    proxy = proxy_factory(screen=screen, upstream=upstream_server, real_bucket=bucket,
+                          limits="janitor_interval_s = 0.0")
     s3 = proxy.client()
     data = [os.urandom(5 * MIB), os.urandom(1000)]
     for key in ("bad.mp4", "good.mp4"):
@@ -182,14 +191,14 @@ def test_multipart_refused_or_landed_leaves_no_staging_version(proxy_factory, mo
             assert info.value.response["Error"]["Code"] == "AccessDenied"
         else:
             s3.complete_multipart_upload(Bucket=CLIENT_BUCKET, Key=key, UploadId=upload_id, MultipartUpload=complete)
-    assert versions(moto_server, bucket, "") == [("good.mp4", "version")]
-    assert moto_server.get(bucket, "good.mp4") == b"".join(data)
+    assert versions(upstream_server, bucket, "") == [("good.mp4", "version")]
+    assert upstream_server.get(bucket, "good.mp4") == b"".join(data)
 
 
-async def test_purged_quarantine_bytes_leave_a_versioned_quarantine_bucket(moto_server: S3Server) -> None:
-    bucket = versioned_bucket(moto_server)
-    store = S3Store(QuarantineConfig(store="s3", bucket=bucket, endpoint=moto_server.endpoint,
-                                     access_key=moto_server.access_key, secret_key=moto_server.secret_key))
+async def test_purged_quarantine_bytes_leave_a_versioned_quarantine_bucket(upstream_server: S3Server) -> None:
+    bucket = versioned_bucket(upstream_server)
+    store = S3Store(QuarantineConfig(store="s3", bucket=bucket, endpoint=upstream_server.endpoint,
+                                     access_key=upstream_server.access_key, secret_key=upstream_server.secret_key))
     try:
         item_id = uuid.uuid4().hex
         await store.put(item_id, b"caught bytes", 12)
@@ -198,6 +207,6 @@ async def test_purged_quarantine_bytes_leave_a_versioned_quarantine_bucket(moto_
         await store.put(other, b"other item", 10)
         await store.delete(item_id)
         assert not await store.exists(item_id)
-        assert versions(moto_server, bucket, "") == [(other, "version")]
+        assert versions(upstream_server, bucket, "") == [(other, "version")]
     finally:
         await store.close()
