@@ -227,7 +227,8 @@ def main() -> None:
     loaded = load_pack(pack)
     images = workload(args.images)
     print(f"pack {loaded.name}; {len(images)} images ({sum(len(d) for d, _ in images) / 1e6:.1f} MB), "
-          f"half 2000x1500 JPEG, half 320x240 PNG; {os.cpu_count()} CPU cores", flush=True)
+          f"half 2000x1500 JPEG, half 320x240 PNG; {os.cpu_count()} CPU cores; load average at start "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
     fp32, int8_options = RuntimeOptions(provider="cpu"), RuntimeOptions(provider="cpu", int8=True)
     has_int8 = any(loaded.int8_path(role) for role in loaded.models)
     base, steps = baseline(pack, images, fp32)
@@ -275,7 +276,9 @@ def main() -> None:
                   f"int8 {int8_ms:.1f} CPU ms/image (the age model runs on faces only, < 1 ms): int8 gives at most "
                   f"{fp32_ms / int8_ms:.2f}x less CPU here; {verdict}")
         print(f"int8 vs fp32 engine, (c)/(b): {engine['int8'][0] / engine['fp32'][0]:.2f}x images/s, "
-              f"{engine['fp32'][1] / engine['int8'][1]:.2f}x less CPU per image (target >= 2x)")
+              f"{engine['fp32'][1] / engine['int8'][1]:.2f}x less CPU per image (target >= 2x; load average at "
+              f"the end {os.getloadavg()[0]:.1f}: where other work shares the cores, images/s follows that load "
+              "and the CPU per image is the capacity ratio)")
         print(f"int8 checks (from the pack): {loaded.source.get('int8')}")
     print("GPU: not run (no GPU on this machine)")
 
