@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,10 +131,10 @@ async def test_janitor_deletes_every_version_of_orphaned_staging_keys(parts: Par
     assert (await parts.multipart.get(live_id)).state == "completing"  # type: ignore[union-attr]
 
 
-async def test_janitor_sweeps_current_objects_where_versions_cannot_be_listed(
-        moto_server: S3Server, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The upstream identity may lack s3:ListBucketVersions: a relay in front of moto answers ListObjectVersions
-    with AccessDenied, as such an upstream would (moto here grants everything)."""
+@contextmanager
+def refusing_versions(moto_server: S3Server) -> Iterator[tuple[S3Server, list[str]]]:
+    """moto behind a relay that answers ListObjectVersions with AccessDenied, as an upstream identity without
+    s3:ListBucketVersions gets it (moto here grants everything); yields the relay's endpoint and the refusals."""
     relay = start_balancer([moto_server.endpoint])
     forward = relay.app._forward
     refused: list[str] = []
@@ -150,9 +150,16 @@ async def test_janitor_sweeps_current_objects_where_versions_cannot_be_listed(
         await forward(scope, send, target, query, headers, body)
 
     relay.app._forward = refuse_versions  # type: ignore[method-assign]
-    bucket = new_bucket(moto_server)
     try:
-        server = S3Server(relay.endpoint, moto_server.access_key, moto_server.secret_key)
+        yield S3Server(relay.endpoint, moto_server.access_key, moto_server.secret_key), refused
+    finally:
+        relay.stop()
+
+
+async def test_janitor_sweeps_current_objects_where_versions_cannot_be_listed(
+        moto_server: S3Server, database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bucket = new_bucket(moto_server)
+    with refusing_versions(moto_server) as (server, refused):
         async with janitor_parts(server, bucket, database_url, tmp_path) as parts:
             live = STAGING_PREFIX + await live_upload(parts)
             orphan = f"{STAGING_PREFIX}orphan-{uuid.uuid4().hex}"
@@ -165,8 +172,21 @@ async def test_janitor_sweeps_current_objects_where_versions_cannot_be_listed(
             assert moto_server.keys(bucket) == sorted([live, "client/photo.png"])
             assert len(refused) == 1  # asked once; then current objects only
             assert "cannot list object versions" in caplog.text
-    finally:
-        relay.stop()
+
+
+def test_a_landed_multipart_upload_stays_landed_where_versions_cannot_be_listed(
+        proxy_factory, moto_server: S3Server, caplog: pytest.LogCaptureFixture) -> None:
+    """The staging key's old versions cannot go there: the upload still lands and answers 200; a warning says so."""
+    bucket = versioned_bucket(moto_server)
+    with refusing_versions(moto_server) as (server, refused), caplog.at_level("WARNING", "bucketguard.storage"):
+        proxy = proxy_factory(upstream=server, real_bucket=bucket, limits="janitor_interval_s = 0.0")
+        s3 = proxy.client()
+        upload_id = s3.create_multipart_upload(Bucket=CLIENT_BUCKET, Key="v.mp4")["UploadId"]
+        etag = s3.upload_part(Bucket=CLIENT_BUCKET, Key="v.mp4", UploadId=upload_id, PartNumber=1, Body=b"x")["ETag"]
+        s3.complete_multipart_upload(Bucket=CLIENT_BUCKET, Key="v.mp4", UploadId=upload_id,
+                                     MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]})
+        assert moto_server.get(bucket, "v.mp4") == b"x"
+        assert len(refused) == 1 and "its old versions stay" in caplog.text
 
 
 def test_multipart_refused_or_landed_leaves_no_staging_version(proxy_factory, upstream_server: S3Server) -> None:

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from proxy.s3.errors import S3Error
 from proxy.storage.upstream import Upstream
-from proxy.storage.versions import Version, delete_versions, version_pages
+from proxy.storage.versions import Version, delete_versions, refused, version_pages
 
 log = logging.getLogger("bucketguard.janitor")
 
@@ -33,9 +33,6 @@ log = logging.getLogger("bucketguard.janitor")
 LIVE_STATES = ("open", "staged", "completing")
 #: Listing pages (1,000 entries each) one round reads per bucket; the rest waits for the next round.
 MAX_SWEEP_PAGES = 100
-#: Answers meaning the upstream will not list versions (an identity without s3:ListBucketVersions, a server
-#: without versioning): the sweep then sees current objects only.
-NO_VERSION_LISTING = frozenset({"AccessDenied", "NotImplemented", "MethodNotAllowed"})
 
 
 class UploadStore(Protocol):
@@ -111,7 +108,7 @@ class Janitor:
                         by_key.setdefault(version.key, []).append(version)
                 return by_key
             except S3Error as error:
-                if error.code not in NO_VERSION_LISTING:
+                if not refused(error):  # no s3:ListBucketVersions, or no versioning: current objects only
                     raise
                 log.warning("janitor cannot list object versions in %s (%s): sweeping current objects only; "
                             "on a versioned bucket deleted staging bytes stay as old versions", bucket, error.code)

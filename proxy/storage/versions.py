@@ -11,18 +11,36 @@ aiobotocore S3 client (the quarantine store; its errors stay botocore's), so bot
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from botocore.exceptions import ClientError
+
+from proxy.s3.errors import S3Error
 from proxy.storage.upstream import Upstream
+
+log = logging.getLogger("bucketguard.storage")
 
 #: Runs one S3 operation by its botocore name: call("delete_object", Bucket=..., Key=...) -> response.
 Call = Callable[..., Awaitable[dict[str, Any]]]
 
 #: The version id S3 gives objects written while a bucket was never (or not) versioned.
 NULL_VERSION = "null"
+#: Answers meaning this identity or server will not list or delete versions (no s3:ListBucketVersions or
+#: s3:DeleteObjectVersion, or no versioning support).
+REFUSED = frozenset({"AccessDenied", "NotImplemented", "MethodNotAllowed"})
+
+
+def refused(exc: BaseException) -> bool:
+    """Whether an S3 failure (the upstream's S3Error or botocore's ClientError) is a refusal of the operation."""
+    if isinstance(exc, S3Error):
+        return exc.code in REFUSED
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "")) in REFUSED
+    return False
 
 
 @dataclass(frozen=True)
@@ -90,10 +108,23 @@ async def delete_versions(s3: Upstream | Any, bucket: str, versions: list[Versio
             await call("delete_object", Bucket=bucket, Key=version.key)
 
 
-async def delete_every_version(s3: Upstream | Any, bucket: str, key: str) -> None:
-    """Delete `key`; where the bucket keeps versions (the answer names one), every version and delete marker too."""
+async def delete_every_version(s3: Upstream | Any, bucket: str, key: str) -> bool:
+    """Delete `key`; where the bucket keeps versions (the answer names one), every version and delete marker too.
+
+    False when the versions could not be removed because the upstream refuses listing or deleting them: the key
+    is hidden (a delete marker) but its bytes stay as old versions. That is logged, not raised: the caller's
+    work (a landed upload, a purge) is done, and failing it would not bring the versions back.
+    """
     answer = await _caller(s3)("delete_object", Bucket=bucket, Key=key)
     headers = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})
     if "x-amz-version-id" not in headers and "x-amz-delete-marker" not in headers:
-        return  # an unversioned bucket: the object is gone
-    await delete_versions(s3, bucket, await versions_of(s3, bucket, key))
+        return True  # an unversioned bucket: the object is gone
+    try:
+        await delete_versions(s3, bucket, await versions_of(s3, bucket, key))
+    except (S3Error, ClientError) as exc:
+        if not refused(exc):
+            raise
+        log.warning("s3://%s/%s is deleted but its old versions stay: the upstream refuses to list or delete object "
+                    "versions (grant s3:ListBucketVersions and s3:DeleteObjectVersion)", bucket, key)
+        return False
+    return True
