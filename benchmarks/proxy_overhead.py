@@ -9,7 +9,11 @@ presigned URLs made in advance (so the client costs the same on both paths):
   - HEAD latency: p50 and p99, direct and through the proxy, and what the proxy adds (target <= 3 ms p50)
   - PUT of 256 KiB objects at 16 concurrent clients: throughput ratio (target >= 0.7 of direct)
   - the proxy's peak memory (VmHWM) during a 200 MiB multipart upload, against its configured buffer.
-This machine is shared and noisy: read the ratios, not the absolute numbers.
+Fairness: the same client, objects, URLs signed in advance and concurrency on both paths; each round measures
+direct and proxy back to back (the order flips every round) and the ratio is the median of those paired ratios,
+so load from elsewhere on the machine, which drifts over seconds, falls on both sides of each pair alike.
+The proxy process's own CPU time per request (user + system, from /proc) is printed too: it does not depend
+on how busy the machine is. This machine is shared and noisy: read the ratios, not the absolute numbers.
 """
 
 from __future__ import annotations
@@ -44,6 +48,12 @@ def vm_hwm_kib(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def presigner(endpoint: str, key: str, secret: str):
@@ -98,8 +108,8 @@ def pct(values: list[float], p: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=400, help="requests per throughput measurement")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per measurement")
+    parser.add_argument("--requests", type=int, default=200, help="requests per throughput measurement")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds per measurement")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bucketguard-bench-"))
@@ -135,15 +145,22 @@ def main() -> None:
 
         results: dict[str, dict[str, list[float]]] = {"GET": {"direct": [], "proxy": []},
                                                       "PUT": {"direct": [], "proxy": []}}
+        proxy_cpu = {"GET": 0.0, "PUT": 0.0}
         put_body = os.urandom(256 * 1024)
-        for _round in range(args.rounds):
-            for path, sign, bucket in (("direct", direct_sign, real_bucket), ("proxy", proxy_sign, CLIENT_BUCKET)):
-                urls = [sign("get_object", bucket, objects[i % len(objects)]) for i in range(args.requests)]
-                seconds, moved = asyncio.run(run_concurrent(urls, "GET"))
-                results["GET"][path].append(moved / MIB / seconds)
-                urls = [sign("put_object", bucket, f"put/{path}/{i}.bin") for i in range(args.requests)]
-                seconds, moved = asyncio.run(run_concurrent(urls, "PUT", put_body))
-                results["PUT"][path].append(args.requests / seconds)
+        paths = [("direct", direct_sign, real_bucket), ("proxy", proxy_sign, CLIENT_BUCKET)]
+        for round_number in range(args.rounds):
+            for method in ("GET", "PUT"):
+                for path, sign, bucket in paths if round_number % 2 == 0 else paths[::-1]:
+                    if method == "GET":
+                        urls = [sign("get_object", bucket, objects[i % len(objects)]) for i in range(args.requests)]
+                    else:
+                        urls = [sign("put_object", bucket, f"put/{path}/{round_number}/{i}.bin")
+                                for i in range(args.requests)]
+                    cpu_before = cpu_seconds(proxy_process.pid)
+                    seconds, moved = asyncio.run(run_concurrent(urls, method, put_body if method == "PUT" else None))
+                    if path == "proxy":
+                        proxy_cpu[method] += cpu_seconds(proxy_process.pid) - cpu_before
+                    results[method][path].append(moved / MIB / seconds if method == "GET" else args.requests / seconds)
 
         head_direct = asyncio.run(head_latencies([direct_sign("head_object", real_bucket, "head.bin")] * 300))
         head_proxy = asyncio.run(head_latencies([proxy_sign("head_object", CLIENT_BUCKET, "head.bin")] * 300))
@@ -160,17 +177,26 @@ def main() -> None:
 
         get_d, get_p = statistics.median(results["GET"]["direct"]), statistics.median(results["GET"]["proxy"])
         put_d, put_p = statistics.median(results["PUT"]["direct"]), statistics.median(results["PUT"]["proxy"])
+        paired = {method: [p / d for p, d in zip(results[method]["proxy"], results[method]["direct"], strict=True)]
+                  for method in results}
         print(f"bucketguard proxy overhead ({args.rounds} alternating rounds, medians; "
               f"{args.requests} requests each; {CONCURRENCY} concurrent clients; upstream: moto)")
         print(f"{'measure':44} {'direct':>12} {'proxy':>12} {'ratio':>8}  target")
-        print(f"{'GET 1 MiB objects (MiB/s)':44} {get_d:12.1f} {get_p:12.1f} {get_p / get_d:8.2f}  >= 0.80")
+        print(f"{'GET 1 MiB objects (MiB/s)':44} {get_d:12.1f} {get_p:12.1f} "
+              f"{statistics.median(paired['GET']):8.2f}  >= 0.80")
         print(f"{'PUT 256 KiB objects, allow-all (objects/s)':44} {put_d:12.1f} {put_p:12.1f} "
-              f"{put_p / put_d:8.2f}  >= 0.70")
+              f"{statistics.median(paired['PUT']):8.2f}  >= 0.70")
         hd50, hp50 = pct(head_direct, 50), pct(head_proxy, 50)
         hd99, hp99 = pct(head_direct, 99), pct(head_proxy, 99)
         print(f"{'HEAD latency p50 (ms)':44} {hd50:12.2f} {hp50:12.2f} {'+%.2f ms' % (hp50 - hd50):>8}  "
               "<= +3 ms")
         print(f"{'HEAD latency p99 (ms)':44} {hd99:12.2f} {hp99:12.2f} {'+%.2f ms' % (hp99 - hd99):>8}")
+        for method in ("GET", "PUT"):
+            print(f"{method} ratio of each round (proxy / direct, back to back): "
+                  + " ".join(f"{ratio:.2f}" for ratio in paired[method]))
+        per_request = {m: proxy_cpu[m] * 1000 / (args.rounds * args.requests) for m in proxy_cpu}
+        print(f"proxy CPU time per request (user + system): GET 1 MiB {per_request['GET']:.2f} ms, "
+              f"PUT 256 KiB {per_request['PUT']:.2f} ms")
         print(f"200 MiB multipart upload through the proxy: {multipart_seconds:.1f} s; proxy peak RSS (VmHWM) "
               f"{before / 1024:.0f} MiB before, {after / 1024:.0f} MiB after "
               f"(+{(after - before) / 1024:.0f} MiB; buffer {buffer_bytes // MIB} MiB per body, 4 parts in flight)")
