@@ -123,6 +123,21 @@ def test_edited_copies_match_and_unrelated_images_do_not_with_a_margin(capsys: p
     assert closest >= ROBUST_MAX_DISTANCE + 15  # and a wider one on the false-match side
 
 
+def test_reference_layouts_are_exactly_pillows_layouts_of_each_crop() -> None:
+    """The 2,401 reference layouts come from two matrix products (fast, in every decode worker that starts):
+    they must be, number for number, what Pillow gives for `layout(image.crop(box))` of each crop."""
+    import itertools
+
+    from proxy.screening.testimage import _CROP_STEPS, _reference_layouts, layout
+
+    image = REFERENCE.resize((REFERENCE.width // 2, REFERENCE.height // 2), Image.Resampling.BOX)
+    w, h = image.size
+    boxes = [(round(left * w), round(top * h), round(w - right * w), round(h - bottom * h))
+             for left, top, right, bottom in itertools.product(_CROP_STEPS, repeat=4)]
+    pillow = np.stack([layout(image.crop(box)) for box in boxes])
+    assert np.array_equal(_reference_layouts(), pillow)
+
+
 def test_the_pipelines_bounded_distance_is_the_exact_one_within_reach() -> None:
     """The pipeline skips crops whose coarse (8x6) layout is already too far: where the exact distance is within
     ROBUST_EXACT_UP_TO it gets the very same number, elsewhere a number past ROBUST_EXACT_UP_TO (never a match)."""
