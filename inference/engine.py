@@ -4,6 +4,12 @@
 client of the inference service, the pull-mode queue): it returns named signals and never decides. Bytes
 that cannot be decoded (corrupt, over the decode budget, or stopped at the decode processes' CPU-time,
 memory or wall limit) come back as an `undecodable` result; only an outage raises (QueueFull).
+
+On the CPU the engine keeps every core computing: each ONNX Runtime session runs on the calling thread
+alone (unless `intra_op_threads` is set) and each detector runs one batch per core at once. A session that
+splits each operator over the cores makes its caller wait at every operator's join for a thread the
+scheduler has not run yet (the decode workers share those cores): measured, the process then used well
+under one core of two. On a GPU (or a KServe server) one batch at a time, as large as the queue allows.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import asyncio
 import concurrent.futures
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +27,7 @@ from inference.decode_pool import DecodeBusy, DecodeLimitExceeded, DecodeLimits,
 from inference.detectors import Detector, load_detector
 from inference.media import Media, MediaLimits, decode
 from inference.packs import load_pack
-from inference.runtime import RuntimeOptions
+from inference.runtime import CPU, RuntimeOptions, usable_cores
 
 
 @dataclass
@@ -66,10 +72,18 @@ def merge_frames(per_frame: Sequence[dict[str, float]]) -> dict[str, float]:
     return merged
 
 
+def _default_workers(detector: Detector, intra_op_threads: int) -> int:
+    return max(1, usable_cores() // max(1, intra_op_threads)) if detector.provider == CPU else 1
+
+
 class Engine:
     def __init__(self, detectors: Sequence[Detector], *, media_limits: MediaLimits | None = None,
                  max_batch: int = 16, max_wait_ms: float = 5.0, max_queue: int = 256, decode_workers: int = 2,
-                 decode_limits: DecodeLimits | None = None) -> None:
+                 decode_limits: DecodeLimits | None = None, infer_workers: int = 0,
+                 intra_op_threads: int = 1) -> None:
+        """`infer_workers`: batches of one detector run at once; 0: for a detector on the CPU provider, the
+        usable cores over its sessions' `intra_op_threads` (single-threaded as `from_packs` makes them),
+        elsewhere one."""
         if not detectors:
             raise ValueError("an engine needs at least one detector")
         self.detectors = list(detectors)
@@ -77,17 +91,22 @@ class Engine:
         self.target_size = max((d.input_size for d in self.detectors), key=lambda s: s[0] * s[1])
         self.decode_pool = DecodePool(decode_workers, decode_limits)
         self._prepare_pool = concurrent.futures.ThreadPoolExecutor(decode_workers, thread_name_prefix="prepare")
-        self._infer_pools = [concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"infer-{d.name}")
-                             for d in self.detectors]
+        workers = [infer_workers or _default_workers(d, intra_op_threads) for d in self.detectors]
+        self._infer_pools = [concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix=f"infer-{d.name}")
+                             for d, n in zip(self.detectors, workers, strict=True)]
         self.batchers: list[Batcher[Any, dict[str, float]]] = [
-            Batcher(d.infer, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, executor=pool)
-            for d, pool in zip(self.detectors, self._infer_pools, strict=True)]
+            Batcher(d.infer, max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue, executor=pool,
+                    workers=n)
+            for d, pool, n in zip(self.detectors, self._infer_pools, workers, strict=True)]
         self.packs = [{"name": d.pack_name, "version": d.pack_version, "kind": d.name, "provider": d.provider}
                       for d in self.detectors]
 
     @classmethod
     def from_packs(cls, paths: Sequence[str | Path], options: RuntimeOptions | None = None, **kwargs: Any) -> Engine:
         options = options or RuntimeOptions()
+        if not options.intra_op_threads:  # parallel across batches instead (see the module's docstring)
+            options = replace(options, intra_op_threads=1)
+        kwargs.setdefault("intra_op_threads", options.intra_op_threads)
         return cls([load_detector(load_pack(path), options) for path in paths], **kwargs)
 
     @classmethod

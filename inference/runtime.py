@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,9 @@ class ProviderUnavailable(RuntimeError):
 class RuntimeOptions:
     provider: Provider = "cpu"
     fp16: bool = False
-    intra_op_threads: int = 0  # 0: ONNX Runtime's default (one per core)
+    #: 0: ONNX Runtime's default (one per core) for a lone session; the engine makes it 1 and runs one batch
+    #: per core instead (inference.engine).
+    intra_op_threads: int = 0
     inter_op_threads: int = 0
     #: KServe v2 endpoints (Triton, MLServer, ...) that run the pack's graphs instead of a local session.
     kserve: tuple[str, ...] = ()
@@ -34,6 +37,14 @@ class RuntimeOptions:
             raise ValueError(f"provider must be 'auto', 'cpu' or 'cuda', not {self.provider!r}")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise ValueError("thread counts must be 0 (default) or positive")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, as a container or taskset limits it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
 
 def requested_providers(provider: Provider, available: list[str]) -> list[str]:

