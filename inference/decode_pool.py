@@ -56,8 +56,11 @@ class DecodeLimits:
     cpu_seconds: int = 10
     wall_seconds: float = 15.0
     memory_bytes: int = 1536 * 1024 * 1024
-    #: a worker is replaced after this many tasks (memory fragmentation of long-lived decoders)
-    max_tasks: int = 500
+    #: a worker is replaced after this many tasks (memory fragmentation of long-lived decoders). A replacement
+    #: costs a fresh interpreter (~0.5-1.5 s of CPU on a busy 2-core box, the parent's main module imported
+    #: again), during which the pool is short of a worker: at 500 a backfill lost about half its rate to it.
+    #: RLIMIT_AS bounds every worker whatever this is.
+    max_tasks: int = 2000
     #: tasks allowed to wait for a worker; one more raises DecodeBusy at once (bounded queue and waits)
     max_waiting: int = 64
 
