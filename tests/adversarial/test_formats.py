@@ -273,7 +273,7 @@ def test_unknown_bytes_are_kept_out_and_recorded_by_default(guarded: RunningProx
     items = caught(guarded)
     assert {(items[f"unknown/{name}"]["status"], items[f"unknown/{name}"]["rule"]) for name in UNKNOWN_BYTES} == {
         ("rejected", "on_non_media")}
-    # pict-rs's 0-byte health check still lands, unscanned
+    # pict-rs's 0-byte health check still lands: the EmptyObject step lets it pass without running a detector
     put(guarded, "health-check", b"", "application/octet-stream")
     guarded.landed.add("health-check")  # type: ignore[attr-defined]
     bucket_holds_only_benign(guarded)
