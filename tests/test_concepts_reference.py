@@ -186,7 +186,7 @@ def test_check_for_csam_matches_the_reference_on_200000_random_vectors() -> None
     assert min(outcomes.values()) > 10_000, outcomes  # both verdicts well exercised
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, derandomize=True)  # the same examples on every run: CI is reproducible
 @given(seed=st.integers(0, 2**32 - 1), hot=st.floats(0.0, 0.5))
 def test_check_for_nsfw_matches_the_reference_on_random_vectors(seed: int, hot: float) -> None:
     rng = np.random.default_rng(seed)
