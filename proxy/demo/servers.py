@@ -121,21 +121,28 @@ class MotoProcess:
 
 def start_moto_process(port: int | None = None, env: dict[str, str] | None = None,
                        log: Path | None = None) -> MotoProcess:
-    """`python -m moto.server` on 127.0.0.1 (a free port unless given), waited for until it answers."""
-    port = port or free_port()
-    out = log.open("ab") if log else subprocess.DEVNULL
-    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                               env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
-    if log:
-        out.close()  # the child holds its own copy
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_listening(endpoint, process)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    return MotoProcess(S3Server(endpoint), process, port)
+    """`python -m moto.server` on 127.0.0.1 (a free port unless given), waited for until it answers. Without a
+    `port`, a server that exits while starting (its port taken since free_port saw it free) is started again on
+    another one."""
+    for attempt in range(3):
+        chosen = port or free_port()
+        out = log.open("ab") if log else subprocess.DEVNULL
+        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(chosen)],
+                                   env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+        if log:
+            out.close()  # the child holds its own copy
+        endpoint = f"http://127.0.0.1:{chosen}"
+        try:
+            wait_until_listening(endpoint, process, timeout=60)
+        except BaseException:
+            exited = process.poll() is not None
+            process.kill()
+            process.wait()
+            if exited and port is None and attempt < 2:
+                continue
+            raise
+        return MotoProcess(S3Server(endpoint), process, chosen)
+    raise AssertionError("unreachable")
 
 
 def write_proxy_config(tmp: Path, upstream: S3Server, real_bucket: str, *, port: int = 0, extra: str = "",
