@@ -17,7 +17,7 @@ from PIL import Image
 from inference.batcher import Batcher, QueueFull
 from inference.detectors import load_detector
 from inference.detectors.base import to_tensor
-from inference.engine import Engine
+from inference.engine import MAX_DEFAULT_WORKERS, Engine
 from inference.packs import ModelSpec, load_pack
 from inference.runtime import RuntimeOptions, usable_cores
 
@@ -117,11 +117,11 @@ def test_engine_runs_single_threaded_sessions_one_batch_per_core(test_pack_path:
         engine = Engine.from_packs([test_pack_path], RuntimeOptions("cpu"))
         detector = engine.detectors[0]
         assert detector.session.get_session_options().intra_op_num_threads == 1
-        assert engine.batchers[0].workers == usable_cores()
+        assert engine.batchers[0].workers == min(usable_cores(), MAX_DEFAULT_WORKERS)
         await engine.close()
         threaded = Engine.from_packs([test_pack_path], RuntimeOptions("cpu", intra_op_threads=2))
         assert threaded.detectors[0].session.get_session_options().intra_op_num_threads == 2
-        assert threaded.batchers[0].workers == max(1, usable_cores() // 2)
+        assert threaded.batchers[0].workers == max(1, min(usable_cores() // 2, MAX_DEFAULT_WORKERS))
         await threaded.close()
         fixed = Engine.from_packs([test_pack_path], RuntimeOptions("cpu"), infer_workers=3)
         assert fixed.batchers[0].workers == 3
