@@ -218,3 +218,32 @@ def test_a_failed_batch_fails_every_caller_and_close_fails_the_waiting() -> None
         gate.set()
 
     asyncio.run(closing())
+
+
+def test_the_batching_window_counts_from_arrival_so_queued_work_runs_at_once() -> None:
+    """Items that already waited longer than `max_wait_ms` behind a running batch go as soon as a worker frees:
+    the next batch is formed at once and a later item is not held back to join it (a window counted from
+    when the worker picked the first item up would have waited for it)."""
+    gate, taken = threading.Event(), threading.Event()
+    batches: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        batches.append(list(items))
+        taken.set()
+        gate.wait(60)
+        return items
+
+    async def scenario() -> None:
+        batcher: Batcher[int, int] = Batcher(run, max_batch=8, max_wait_ms=100, workers=1)
+        first = asyncio.ensure_future(batcher.submit(0))
+        assert await asyncio.to_thread(taken.wait, 60)
+        queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0.3)  # both are now older than the window (longer only makes it more so)
+        gate.set()
+        assert await first == 0  # by now the next batch is formed: the freed worker took the queue at once
+        later = asyncio.ensure_future(batcher.submit(3))
+        assert [await q for q in queued] == [1, 2] and await later == 3
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert batches == [[0], [1, 2], [3]]
