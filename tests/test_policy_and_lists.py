@@ -12,7 +12,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from proxy.screening.hashing import Hashes, hamming, hash_bytes, pdq_hash
+from proxy.screening.hashing import Hashes, Pdq, hamming, hash_bytes, pdq_hash
 from proxy.screening.hashlists import HashListError, HashLists, builtin_test_list, load_list
 from proxy.screening.policy import PolicyError, load_policy
 from proxy.screening.testimage import builtin_hashes, generate_png
@@ -90,9 +90,10 @@ def test_hash_lists(tmp_path: Path) -> None:
         HashLists.load([str(allow)], [])
 
 
-def test_pdq_list_of_100k_entries_is_fast(tmp_path: Path) -> None:
-    import time
-
+def test_pdq_list_of_100k_entries_is_matched_without_work_per_entry(tmp_path: Path) -> None:
+    """A lookup in a 100,000-entry list does no interpreter-level work per entry (numpy over the whole list):
+    counted in Python and C calls, deterministically, where a wall-clock bound failed on a loaded machine; the
+    speed itself is the benchmarks' to measure."""
     import numpy as np
 
     rng = np.random.default_rng(1)
@@ -100,11 +101,23 @@ def test_pdq_list_of_100k_entries_is_fast(tmp_path: Path) -> None:
     path.write_text("".join(f"pdq:{rng.bytes(32).hex()}\n" for _ in range(100_000)))
     hash_list = load_list(path, allow=False)
     probe = pdq_hash(encode(Image.fromarray(skimage.data.astronaut()), "PNG"))
-    started = time.perf_counter()
-    for _ in range(10):
-        assert hash_list.match_pdq(probe, 31) is None
-    per_lookup_ms = (time.perf_counter() - started) * 100
-    assert per_lookup_ms < 200, per_lookup_ms
+    assert hash_list.match_pdq(probe, 31) is None  # the first lookup packs the list into an array, once
+    entry = hash_list.pdq_hex[77_777]
+    near = Pdq(f"{int(entry, 16) ^ 0b11111:064x}", 100)  # that entry, five bits flipped
+    calls = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += event in ("call", "c_call")
+
+    sys.setprofile(count)
+    try:
+        missed, found = hash_list.match_pdq(probe, 31), hash_list.match_pdq(near, 31)
+    finally:
+        sys.setprofile(None)
+    assert missed is None
+    assert found is not None and (found.value, found.distance) == (entry, 5)
+    assert calls < 1_000, f"{calls} calls for two lookups in 100,000 entries"
 
 
 def test_test_image_is_stable_and_survives_reencoding(tmp_path: Path) -> None:
