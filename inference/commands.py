@@ -72,7 +72,8 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
                         help="execution provider; 'cuda' refuses to start without a working GPU")
     parser.add_argument("--fp16", action="store_true", help="use the pack's fp16 models on CUDA")
     parser.add_argument("--int8", action="store_true", help="use the pack's checked int8 models on the CPU")
-    parser.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: all cores)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ONNX Runtime intra-op threads per session (0: one, with one batch per usable core)")
     parser.add_argument("--max-batch", type=int, default=16)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--max-queue", type=int, default=256)
