@@ -56,6 +56,8 @@ class Facts:
         self._data: Any = _UNSET
         self._frames: FrameHashes | None = None
         self._media: bool | None = None
+        #: work a later step started when the decision began (Step.early), so that it overlaps the decoding
+        self.early: dict[str, asyncio.Task[Any]] = {}
 
     @property
     def fits(self) -> bool:

@@ -14,11 +14,14 @@ The steps run in the order :func:`default_steps` lists; the first that decides e
      proxy.app): after everything local, before anything is decoded or any model runs.
   6. too large to hand to the detectors: undecodable, the policy decides.
   7. the detectors, then the policy; when they do not answer, `on_unavailable`.
-Adding a step is one class in :mod:`proxy.screening.steps` and one line below.
+Adding a step is one class in :mod:`proxy.screening.steps` and one line below. A step may also have
+`early(facts)`: started as a task when the decision begins, so that its own query overlaps the decoding of the
+steps before it; the step awaits it when its turn comes (the order of the decisions never changes).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -61,6 +64,11 @@ def default_steps(*, policy: Policy, hashlists: HashLists, test_list: HashList, 
     ]
 
 
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # never "Task exception was never retrieved" for early work nobody awaited
+
+
 class Pipeline:
     def __init__(self, *, policy: Policy, hashlists: HashLists, cache: VerdictCache | None,
                  detectors: Detectors | None, quarantine: Any | None = None, scan_timeout_s: float = 20.0,
@@ -89,10 +97,19 @@ class Pipeline:
     async def decide(self, body: SpooledBody, content_type: str, *, allow_defer: bool = True) -> Decision:
         facts = Facts(body, content_type, cache=self.cache, policy_version=self.policy.version,
                       allow_defer=allow_defer)
-        for step in self.steps:
-            decision = await step.decide(facts)
-            if decision is not None:
-                return decision
+        if body.size:
+            for step in self.steps:
+                early = getattr(step, "early", None)
+                if early is not None:
+                    facts.early[step.name] = asyncio.get_running_loop().create_task(early(facts))
+        try:
+            for step in self.steps:
+                decision = await step.decide(facts)
+                if decision is not None:
+                    return decision
+        finally:
+            for task in facts.early.values():  # not needed after all: left to end (one bounded query), unread
+                task.add_done_callback(_retrieved)
         raise AssertionError("the last step always decides")  # RunDetectors never passes
 
     async def act(self, upload: Upload, decision: Decision, *, actor: str = "") -> Verdict:

@@ -1,0 +1,97 @@
+"""The federation step in the real pipeline, against a real database (SQLite and PostgreSQL): the query it starts
+with the decision (to overlap the perceptual step's decoding) is the only one it makes, and still a peer's "safe"
+never outranks the test image: a peer attesting a cropped copy of it clean changes nothing, the bytes are quarantined as
+the test image. (The query is counted by wrapping the real store method; nothing is mocked.)"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import skimage.data
+from PIL import Image
+
+from proxy.federation.entries import Attestation, new_id
+from proxy.federation.feed import signed_page
+from proxy.federation.ingest import Ingester
+from proxy.federation.keys import SigningKey
+from proxy.federation.step import PeerAttestations
+from proxy.federation.store import FederationStore
+from proxy.federation.trust import Rules
+from proxy.screening.cache import VerdictCache
+from proxy.screening.hashlists import HashLists
+from proxy.screening.pipeline import Pipeline
+from proxy.screening.policy import load_policy
+from proxy.screening.testimage import generate_png
+from proxy.state import Database
+from proxy.storage.spool import SpooledBody
+
+
+def jpeg(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def cropped_test_image() -> bytes:
+    image = Image.open(io.BytesIO(generate_png()))
+    w, h = image.size
+    return jpeg(image.crop((round(w * .07), round(h * .03), round(w * .95), round(h * .92))))
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    await database.migrate()
+    yield database
+    await database.close()
+
+
+async def attest_clean(store: FederationStore, shas: list[str]) -> None:
+    """A trusted peer's feed saying these bytes are clean, verified and stored as the puller stores it."""
+    key, now = SigningKey.generate(), int(time.time())
+    await store.sync_peers([("peer", "http://127.0.0.1:9", key.public.line, key.public.kid, ("safe",), 1.0)])
+    items = [{"seq": seq, "jws": key.sign(Attestation(new_id(), "peer", sha, "", "clean", "detectors", "",
+                                                      {"nsfw": 0.01}, {"test": "1"}, now, now + 3600).payload())}
+             for seq, sha in enumerate(shas, start=1)]
+    page = signed_page(key, items, 0, False)
+    peer = await store.peer("peer")
+    assert peer is not None
+
+    async def feed():
+        yield page["entries"], page["sig"], 0
+
+    await Ingester(store, max_per_peer=100).ingest_pages(peer, feed())
+
+
+async def test_a_peers_clean_lands_its_bytes_but_never_the_test_image(db: Database, tmp_path: Path) -> None:
+    store = FederationStore(db)
+    photo, test_copy = jpeg(Image.fromarray(skimage.data.astronaut())), cropped_test_image()
+    bodies = {name: SpooledBody.from_bytes(data) for name, data in (("photo", photo), ("test", test_copy))}
+    await attest_clean(store, [body.sha256 for body in bodies.values()])
+    policy_file = tmp_path / "policy.toml"
+    policy_file.write_text('[[rule]]\nname = "nudity"\nwhen = { nsfw = ">= 0.9" }\naction = "quarantine"\n')
+    policy = load_policy(policy_file)
+    step = PeerAttestations(store, policy, Rules(safe_quorum=1.0), pdq_max_distance=31)
+    pipeline = Pipeline(policy=policy, hashlists=HashLists([], []), cache=VerdictCache(db), detectors=None,
+                        federation=step)
+    asked: list[str | None] = []
+    usable = store.usable
+
+    async def counted_usable(sha256=None, ids=()):  # the real query, counted
+        asked.append(sha256)
+        return await usable(sha256, ids)
+
+    store.usable = counted_usable  # type: ignore[method-assign]
+    try:
+        landed = await pipeline.decide(bodies["photo"], "image/jpeg")
+        assert (landed.action, landed.rule, landed.step) == ("allow", "federation:safe", "federation")
+        assert asked == [bodies["photo"].sha256]  # asked once, by the query started with the decision
+        caught = await pipeline.decide(bodies["test"], "image/jpeg")
+        assert (caught.action, caught.rule, caught.step) == ("quarantine", "builtin-test-image", "testimage")
+        assert pipeline.detector_calls == 0
+    finally:
+        await store.close()
