@@ -344,7 +344,8 @@ def documented_outcome(pool: DecodePool, data: bytes) -> None:
         assert all(max(frame.size) <= max(TARGET) * 2 and frame.mode == "RGB" for frame in media.frames)
 
 
-FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @FUZZ
