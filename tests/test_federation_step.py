@@ -95,3 +95,64 @@ async def test_a_peers_clean_lands_its_bytes_but_never_the_test_image(db: Databa
         assert pipeline.detector_calls == 0
     finally:
         await store.close()
+
+
+RELY_AND_DIE = """
+import asyncio, os, sys
+from proxy.federation.store import FederationStore
+from proxy.state import Database
+
+async def main() -> None:
+    store = FederationStore(Database(sys.argv[1]))
+    await store.record_reliance("bucket", "relied/on.png", "cd" * 32, "allow", "federation:safe",
+                                [{"peer": "peer", "id": "att1", "verdict": "clean", "basis": "detectors",
+                                  "token": "t"}])
+    print("recorded", flush=True)
+    os._exit(9)  # no close, no dispose, no commit left to run: a crash right after the call returned
+
+asyncio.run(main())
+"""
+
+
+async def test_a_reliance_record_is_committed_when_the_call_returns(db: Database, tmp_path: Path) -> None:
+    """The act hook writes it before the bytes land: a process killed at once after the call keeps it, and another
+    process's engine (the rescan's) selects it by peer. On SQLite through the hot path's own connection."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "rely.py"
+    script.write_text(RELY_AND_DIE)
+    result = subprocess.run([sys.executable, str(script), db.url], capture_output=True, text=True, timeout=120,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert (result.returncode, result.stdout.strip()) == (9, "recorded"), result.stderr
+    other = Database(db.url)
+    try:
+        relied = await FederationStore(other).relied_on("peer")
+    finally:
+        await other.close()
+    assert [(r["bucket"], r["key"], r["sha256"], r["peers"]) for r in relied] == [
+        ("bucket", "relied/on.png", "cd" * 32, ",peer,")]
+    assert relied[0]["sources"][0]["id"] == "att1"
+
+
+async def test_a_distrust_by_another_process_counts_at_the_next_lookup(db: Database) -> None:
+    """The decision's attestation query (one thread hop on SQLite) joins the peers table every time: a distrust
+    written through another engine, as the CLI writes it, stops the peer counting at once, and trusting it again
+    brings it back; the rows it returns are the signed, verified ones."""
+    store = FederationStore(db)
+    sha = "ef" * 32
+    await attest_clean(store, [sha])
+    step = PeerAttestations(store, load_policy(None), Rules(safe_quorum=1.0), pdq_max_distance=31)
+    cli_db = Database(db.url)
+    cli = FederationStore(cli_db)
+    try:
+        before = await step.exact(sha)
+        assert [(r["peer"], r["verdict"], r["trust"]) for r in before] == [("peer", "clean", frozenset({"safe"}))]
+        assert await cli.set_trust("peer", distrusted=True, trust=None, weight=None, actor="admin")
+        assert await step.exact(sha) == []
+        assert await cli.set_trust("peer", distrusted=False, trust=None, weight=None, actor="admin")
+        assert [r["att_id"] for r in await step.exact(sha)] == [before[0]["att_id"]]
+    finally:
+        await cli.close()
+        await cli_db.close()
+        await store.close()

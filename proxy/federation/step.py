@@ -92,26 +92,29 @@ class PeerAttestations:
     async def refresh(self) -> None:
         self.index.load(await self.store.block_pdqs())
 
+    async def exact(self, sha256: str) -> list[dict[str, Any]]:
+        """The usable attestations of exactly these bytes whose signatures verify."""
+        return [row for row in await self.store.usable(sha256) if self.verified(row)]
+
     async def early(self, facts: Facts) -> list[dict[str, Any]] | None:
-        """Started when the decision begins, so that it overlaps the perceptual step's decoding: the attestations
-        of exactly these bytes, unless they are allowed or in the verdict cache (then this step is rarely reached
-        and asks for itself)."""
+        """Started when the decision begins, so that it overlaps the perceptual step's decoding (which runs in
+        another process): the attestations of exactly these bytes, signatures checked, unless the bytes are
+        allowed or in the verdict cache (then this step is rarely reached and asks for itself)."""
         allowed, cached = await facts.lookup()
         if allowed or cached is not None:
             return None
-        return await self.store.usable(facts.hashes.sha256)
+        return await self.exact(facts.hashes.sha256)
 
     async def decide(self, facts: Facts) -> Decision | None:
         started = facts.early.get(self.name)
         exact = await started if started is not None else None
-        rows = exact if exact is not None else await self.store.usable(facts.hashes.sha256)
+        rows = exact if exact is not None else await self.exact(facts.hashes.sha256)
         if self.index.ids:  # block attestations matched by PDQ (every frame, every orientation)
             near = self.index.near(await facts.pdq_candidates(), self.pdq_max_distance)
             if near:
                 have = {(row["peer"], row["att_id"]) for row in rows}
                 rows = rows + [row for row in await self.store.usable(None, near)
-                               if (row["peer"], row["att_id"]) not in have]
-        rows = [row for row in rows if self.verified(row)]
+                               if (row["peer"], row["att_id"]) not in have and self.verified(row)]
         if not rows:
             return None
         judgement = judge(rows, self.policy, self.rules, sha256=facts.hashes.sha256)

@@ -8,6 +8,7 @@ distrust made by any process stops that peer counting at the next decision.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Table,
     Text,
     and_,
+    bindparam,
     event,
     func,
     or_,
@@ -34,6 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from proxy.federation.hotpath import Compiled, SqliteHotPath
 from proxy.state import Database, Migration, create_tables, metadata, now_text
 
 #: Page cache for federation's bulk writes (negative: KiB): the attestation indexes are random-ordered.
@@ -147,10 +150,32 @@ def _relaxed_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _usable_query(conditions: list[Any], now: Any) -> Any:
+    return select(attestations, peers.c.trust, peers.c.trust_override, peers.c.weight,
+                  peers.c.key.label("peer_key"), peers.c.retired.label("peer_retired")).join(
+        peers, peers.c.name == attestations.c.peer).where(and_(
+            or_(*conditions), attestations.c.revoked.is_(False), attestations.c.exp > now,
+            peers.c.distrusted.is_(False)))
+
+
+#: The two statements of a federated decision, compiled once for SQLite's hot path (proxy.federation.hotpath).
+_USABLE_BY_SHA = Compiled(_usable_query([attestations.c.sha256 == bindparam("sha256")], bindparam("now")))
+_RELIANCE_INSERT = Compiled(reliance.insert().values({c.name: bindparam(c.name) for c in reliance.c
+                                                      if c.name != "id"}))
+
+
 class FederationStore:
     def __init__(self, db: Database) -> None:
         self.engine = db.engine
         self._relaxed: AsyncEngine | None = None
+        file = self.engine.url.database if self.engine.dialect.name == "sqlite" else None
+        self._hot: SqliteHotPath | None = None
+        self._hot_file = file if file and file != ":memory:" and not file.startswith("file:") else None
+
+    def _hot_path(self) -> SqliteHotPath | None:
+        if self._hot is None and self._hot_file is not None:
+            self._hot = SqliteHotPath(self._hot_file)
+        return self._hot
 
     # -- peers ---------------------------------------------------------------------------------------
 
@@ -231,20 +256,20 @@ class FederationStore:
         """Attestations that may count now: by exact SHA-256 and/or by (peer, id), unrevoked, unexpired, from a
         peer that is configured and not distrusted. One query; trust and weight come with each row."""
         id_list = list(ids)
-        conditions = []
-        if sha256 is not None:
-            conditions.append(attestations.c.sha256 == sha256)
-        if id_list:
-            conditions.append(tuple_(attestations.c.peer, attestations.c.att_id).in_(id_list))
-        if not conditions:
-            return []
-        query = select(attestations, peers.c.trust, peers.c.trust_override, peers.c.weight,
-                       peers.c.key.label("peer_key"), peers.c.retired.label("peer_retired")).join(
-            peers, peers.c.name == attestations.c.peer).where(and_(
-                or_(*conditions), attestations.c.revoked.is_(False), attestations.c.exp > int(time.time()),
-                peers.c.distrusted.is_(False)))
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
+        hot = self._hot_path() if sha256 is not None and not id_list else None
+        rows: Iterable[Mapping[str, Any]]
+        if hot is not None:  # the one query every never-seen upload makes: one thread hop
+            rows = await hot.rows(_USABLE_BY_SHA, {"sha256": sha256, "now": int(time.time())})
+        else:
+            conditions = []
+            if sha256 is not None:
+                conditions.append(attestations.c.sha256 == sha256)
+            if id_list:
+                conditions.append(tuple_(attestations.c.peer, attestations.c.att_id).in_(id_list))
+            if not conditions:
+                return []
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(_usable_query(conditions, int(time.time())))).mappings().all()
         out = []
         for row in rows:
             item = dict(row)
@@ -283,6 +308,10 @@ class FederationStore:
         row = {"decided_at": now_text(), "bucket": bucket, "key": key, "sha256": sha256, "action": action,
                "rule": rule, "peers": "," + ",".join(names) + ",", "sources": json.dumps(sources, sort_keys=True),
                "rechecked_at": ""}
+        hot = self._hot_path()
+        if hot is not None:  # committed (WAL, synchronous=NORMAL) in one thread hop
+            await hot.write(_RELIANCE_INSERT, row)
+            return
         async with self.relaxed() as conn:
             await conn.execute(reliance.insert().values(**row))
 
@@ -303,6 +332,9 @@ class FederationStore:
             yield conn
 
     async def close(self) -> None:
+        if self._hot is not None:
+            hot, self._hot = self._hot, None
+            await asyncio.to_thread(hot.close)
         if self._relaxed is not None:
             await self._relaxed.dispose()
             self._relaxed = None
