@@ -157,29 +157,3 @@ async def test_a_distrust_by_another_process_counts_at_the_next_lookup(db: Datab
         await cli_db.close()
         await store.close()
 
-
-async def test_the_early_query_makes_no_second_verdict_cache_lookup(db: Database, tmp_path: Path) -> None:
-    """The federation step's early query runs beside the verdict-cache lookup, not through it: a federated decision
-    asks the cache once (a second lookup started while the allow-list step's is in flight costs more than the whole
-    attestation query). The real cache method is wrapped to count; nothing is mocked."""
-    store = FederationStore(db)
-    photo = SpooledBody.from_bytes(jpeg(Image.fromarray(skimage.data.astronaut())))
-    await attest_clean(store, [photo.sha256])
-    policy = load_policy(None)
-    cache = VerdictCache(db)
-    asked: list[str] = []
-    lookup = cache.lookup
-
-    async def counted_lookup(sha256: str):  # the real lookup, counted
-        asked.append(sha256)
-        return await lookup(sha256)
-
-    cache.lookup = counted_lookup  # type: ignore[method-assign]
-    step = PeerAttestations(store, policy, Rules(safe_quorum=1.0), pdq_max_distance=31)
-    pipeline = Pipeline(policy=policy, hashlists=HashLists([], []), cache=cache, detectors=None, federation=step)
-    try:
-        landed = await pipeline.decide(photo, "image/jpeg")
-        assert (landed.action, landed.rule, landed.step) == ("allow", "federation:safe", "federation")
-        assert asked == [photo.sha256]
-    finally:
-        await store.close()

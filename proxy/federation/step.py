@@ -96,16 +96,21 @@ class PeerAttestations:
         """The usable attestations of exactly these bytes whose signatures verify."""
         return [row for row in await self.store.usable(sha256) if self.verified(row)]
 
-    async def early(self, facts: Facts) -> list[dict[str, Any]]:
-        """Started when the decision begins, so that it overlaps the verdict-cache lookup and the perceptual step's
-        decoding (which runs in another process): the attestations of exactly these bytes, signatures checked.
-        It does not wait for the lookup: asking for it here while the allow-list step's is in flight would make a
-        second one, dearer than this one-hop query is for bytes that turn out allowed or cached."""
+    async def early(self, facts: Facts) -> list[dict[str, Any]] | None:
+        """Started when the decision begins: the attestations of exactly these bytes, signatures checked, while
+        the perceptual step's decoding runs in another process; unless the bytes are allowed or in the verdict
+        cache (then this step is rarely reached and asks for itself). The lookup it waits for is the allow-list
+        step's (the verdict cache answers lookups of the same bytes waiting together with one query), and waiting
+        for it keeps the signature checks out of the way of the work that starts the decoding."""
+        allowed, cached = await facts.lookup()
+        if allowed or cached is not None:
+            return None
         return await self.exact(facts.hashes.sha256)
 
     async def decide(self, facts: Facts) -> Decision | None:
         started = facts.early.get(self.name)
-        rows = await started if started is not None else await self.exact(facts.hashes.sha256)
+        exact = await started if started is not None else None
+        rows = exact if exact is not None else await self.exact(facts.hashes.sha256)
         if self.index.ids:  # block attestations matched by PDQ (every frame, every orientation)
             near = self.index.near(await facts.pdq_candidates(), self.pdq_max_distance)
             if near:
