@@ -25,7 +25,7 @@ from typing import Any
 from inference.batcher import Batcher, QueueFull
 from inference.decode_pool import DecodeBusy, DecodeLimitExceeded, DecodeLimits, DecodePool
 from inference.detectors import Detector, load_detector
-from inference.media import Media, MediaLimits, decode
+from inference.media import DecodeSpec, Media, MediaLimits, decode
 from inference.packs import load_pack
 from inference.runtime import CPU, RuntimeOptions, usable_cores
 
@@ -75,6 +75,11 @@ def merge_frames(per_frame: Sequence[dict[str, float]]) -> dict[str, float]:
 #: At most this many batches of one detector at once by default: each holds its own activations (measured:
 #: NudeNet's peak RSS grows 10 MiB for a batch of 1, 118 MiB for 16), so a many-core host stays bounded.
 MAX_DEFAULT_WORKERS = 8
+
+
+#: Frames of at most this many pixels in all are prepared on the caller's thread: resizing a few thumbnails for
+#: a small model takes tens of microseconds, less than a hand-off to a thread and back (measured under load).
+INLINE_PREPARE_PIXELS = 128 * 128
 
 
 def _default_workers(detector: Detector, intra_op_threads: int) -> int:
@@ -133,6 +138,13 @@ class Engine:
     def queued(self) -> int:
         return sum(b.queued for b in self.batchers)
 
+    @property
+    def decode_spec(self) -> DecodeSpec:
+        """How this engine decodes: a caller that decodes the same bytes in its own decode-pool task anyway
+        (the proxy's PDQ hashing) decodes for the engine in that task too and hands the frames to
+        `screen_decoded`: one decode task per upload instead of two."""
+        return DecodeSpec(self.media_limits, self.target_size)
+
     async def screen(self, data: bytes, content_type: str | None = None) -> ScreenResult:
         started = time.perf_counter()
         try:
@@ -141,8 +153,18 @@ class Engine:
             media = Media(undecodable=True, reason=str(exc), over_budget=True)
         except DecodeBusy as exc:  # an overload, like a full batcher queue: the caller sees an outage
             raise QueueFull(f"decoding: {exc}") from exc
+        return await self._screen_media(media, started)
+
+    async def screen_decoded(self, media: Media) -> ScreenResult:
+        """Screen frames decoded by `decode_spec.decode` in a decode-pool worker (never frames from elsewhere:
+        the bounds are that decode's). Every frame is screened; undecodable media gives an undecodable result."""
+        return await self._screen_media(media, time.perf_counter())
+
+    async def _screen_media(self, media: Media, started: float) -> ScreenResult:
         prepared: list[list[Any]] = []
-        if not media.undecodable:
+        if not media.undecodable and sum(f.width * f.height for f in media.frames) <= INLINE_PREPARE_PIXELS:
+            prepared = self._prepare(media)  # a few tiny frames: less work than handing them to a thread
+        elif not media.undecodable:
             prepared = await asyncio.get_running_loop().run_in_executor(self._prepare_pool, self._prepare, media)
         decoded = time.perf_counter()
         if media.undecodable:

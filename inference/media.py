@@ -48,6 +48,19 @@ class Media:
     unrecognised: bool = False  # this decoder does not know the format at all: the other one is asked
 
 
+@dataclass(frozen=True)
+class DecodeSpec:
+    """How one consumer wants bytes decoded (its bounds and the size its models aim for): picklable, so that
+    another consumer's decode-pool task can decode for it too (see `Engine.decode_spec`)."""
+
+    limits: MediaLimits
+    target: tuple[int, int]
+
+    def decode(self, data: bytes) -> Media:
+        """The frames `decode` gives for this spec (only in a decode-pool worker: unbounded otherwise)."""
+        return decode(data, None, self.limits, self.target)
+
+
 def _over_budget(reason: str) -> Media:
     return Media(undecodable=True, reason=reason, over_budget=True)
 

@@ -10,8 +10,9 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from inference.media import DecodeSpec, Media
 from proxy.screening.cache import CachedScan, VerdictCache
-from proxy.screening.hashing import FrameHashes, Hashes, Pdq, frame_hashes
+from proxy.screening.hashing import FrameHashes, Hashes, Pdq, frames_and_media
 from proxy.screening.sniff import SNIFF_BYTES, sniff
 from proxy.storage.spool import SpooledBody
 
@@ -45,7 +46,9 @@ class Facts:
     """One upload's facts for the steps: hashes at once, the rest on first request."""
 
     def __init__(self, body: SpooledBody, content_type: str, *, cache: VerdictCache | None,
-                 policy_version: str, allow_defer: bool) -> None:
+                 policy_version: str, allow_defer: bool, detector_decode: DecodeSpec | None = None) -> None:
+        """`detector_decode`: how the in-process detectors decode (Engine.decode_spec); the frames' decode task
+        then decodes for them too (`detector_media`)."""
         self.body = body
         self.content_type = content_type
         self.hashes = Hashes(body.sha256, body.md5)
@@ -56,6 +59,10 @@ class Facts:
         self._data: Any = _UNSET
         self._frames: FrameHashes | None = None
         self._media: bool | None = None
+        self._detector_decode = detector_decode
+        #: the bytes decoded for the detectors as `detector_decode` asks, in the same task as the PDQ hashes;
+        #: None when they were not (cached frames, no in-process engine, undecodable, stopped or busy)
+        self.detector_media: Media | None = None
         #: work a later step started when the decision began (Step.early), so that it overlaps the decoding
         self.early: dict[str, asyncio.Task[Any]] = {}
 
@@ -107,7 +114,7 @@ class Facts:
             if cached is not None and cached.frames is not None and cached.frames.measured:
                 self._frames = cached.frames
             elif (data := await self.data()) is not None:
-                self._frames = await frame_hashes(data)
+                self._frames, self.detector_media = await frames_and_media(data, self._detector_decode)
             else:
                 self._frames = FrameHashes(False, "none", f"over {MAX_DETECTOR_BYTES} bytes: too large to decode")
         return self._frames

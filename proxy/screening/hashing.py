@@ -15,7 +15,9 @@ Decoding runs in a killable worker process (:mod:`inference.decode_pool`), never
 over the decode budget, or stopped at its CPU-time, memory or wall limit, are undecodable. The same task measures
 a still's distance to the test image (:func:`proxy.screening.testimage.robust_distance`) on the frame it decoded,
 so an upload is decoded once and sent to the pool once, and the distance is kept in the verdict cache with the
-hashes (a cache hit decodes nothing).
+hashes (a cache hit decodes nothing). With an in-process engine, the same task also decodes the bytes for its
+detectors (:func:`frames_and_media_here`, the engine's own sampling and size), so the engine runs its models
+without a second decode-pool task for the same bytes.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from inference.decode_pool import DecodeBusy, DecodeLimitExceeded, DecodePool, shared_pool
-from inference.media import MediaLimits, decode
+from inference.media import DecodeSpec, Media, MediaLimits, decode
 from proxy.screening.testimage import still_distance
 
 #: PDQ is computed on at most this many pixels per side (it works on a 64x64 downsample anyway): frames are
@@ -124,18 +126,35 @@ def frame_hashes_here(data: bytes) -> FrameHashes:
                        test_distance=distance)
 
 
+def frames_and_media_here(data: bytes, detectors: DecodeSpec) -> tuple[FrameHashes, Media | None]:
+    """`frame_hashes_here`, and the same bytes decoded for the in-process detectors as `detectors` asks (their
+    own sampling and size, exactly what their engine's decode would give), in the same task: the bytes go to
+    a worker once. No detector frames when the bytes are undecodable here (the detectors are not asked)."""
+    hashes = frame_hashes_here(data)
+    return hashes, detectors.decode(data) if hashes.decodable else None
+
+
 def _stopped(exc: DecodeLimitExceeded) -> FrameHashes:
     return FrameHashes(False, "none", str(exc), over_budget=True, stopped=exc.wall_clock)
 
 
 async def frame_hashes(data: bytes, pool: DecodePool | None = None) -> FrameHashes:
     """PDQ of every sampled frame, decoded in a killable worker process."""
+    return (await frames_and_media(data, None, pool))[0]
+
+
+async def frames_and_media(data: bytes, detectors: DecodeSpec | None,
+                           pool: DecodePool | None = None) -> tuple[FrameHashes, Media | None]:
+    """PDQ of every sampled frame and, with `detectors`, the detectors' frames: one task in a killable worker
+    process. A task stopped at a limit or refused by a busy pool gives no detector frames."""
     try:
-        return await (pool or shared_pool()).run(frame_hashes_here, data)
+        if detectors is None:
+            return await (pool or shared_pool()).run(frame_hashes_here, data), None
+        return await (pool or shared_pool()).run(frames_and_media_here, data, detectors)
     except DecodeLimitExceeded as exc:
-        return _stopped(exc)
+        return _stopped(exc), None
     except DecodeBusy as exc:
-        return FrameHashes(False, "none", f"not hashed: {exc}", busy=True)
+        return FrameHashes(False, "none", f"not hashed: {exc}", busy=True), None
 
 
 def frame_hashes_sync(data: bytes, pool: DecodePool | None = None) -> FrameHashes:

@@ -96,7 +96,7 @@ class Pipeline:
 
     async def decide(self, body: SpooledBody, content_type: str, *, allow_defer: bool = True) -> Decision:
         facts = Facts(body, content_type, cache=self.cache, policy_version=self.policy.version,
-                      allow_defer=allow_defer)
+                      allow_defer=allow_defer, detector_decode=getattr(self.detectors, "decode_spec", None))
         if body.size:
             for step in self.steps:
                 early = getattr(step, "early", None)

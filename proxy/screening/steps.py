@@ -220,8 +220,12 @@ class RunDetectors:
         if self.detectors is None or data is None:
             return self._unavailable(facts.allow_defer, base, "no detectors are configured")
         self.calls += 1
+        if facts.detector_media is not None:  # decoded for the in-process engine in the frames' own task
+            screening = self.detectors.screen_decoded(facts.detector_media)  # type: ignore[attr-defined]
+        else:
+            screening = self.detectors.screen(data, facts.content_type)
         try:
-            result = await asyncio.wait_for(self.detectors.screen(data, facts.content_type), self.scan_timeout_s)
+            result = await asyncio.wait_for(screening, self.scan_timeout_s)
         except OUTAGES as exc:
             log.warning("detectors unavailable: %s: %s", type(exc).__name__, exc)
             return self._unavailable(facts.allow_defer, base, f"the detectors did not answer ({type(exc).__name__})")
