@@ -114,10 +114,18 @@ class Facts:
             if cached is not None and cached.frames is not None and cached.frames.measured:
                 self._frames = cached.frames
             elif (data := await self.data()) is not None:
-                self._frames, self.detector_media = await frames_and_media(data, self._detector_decode)
+                spec = None if self._found_early() else self._detector_decode
+                self._frames, self.detector_media = await frames_and_media(data, spec)
             else:
                 self._frames = FrameHashes(False, "none", f"over {MAX_DETECTOR_BYTES} bytes: too large to decode")
         return self._frames
+
+    def _found_early(self) -> bool:
+        """A later step's early work has already found something about these bytes (a peer's attestations), so
+        the detectors may well not run: the decode task then skips their frames. Only a hint: if they do run,
+        they decode for themselves, as with cached frames."""
+        return any(task.done() and not task.cancelled() and task.exception() is None and task.result()
+                   for task in self.early.values())
 
     async def pdq_candidates(self) -> list[Pdq]:
         """Every PDQ hash to match against the lists (each frame, each orientation)."""
