@@ -148,3 +148,26 @@ def test_a_busy_pool_gives_no_detector_frames(engine: Engine) -> None:
         pool.close()
     busy = [(hashes, media) for hashes, media in results if hashes.busy]
     assert busy and all(media is None and not hashes.decodable for hashes, media in busy)
+
+
+def test_a_peers_attestations_found_early_skip_the_detectors_decode(engine: Engine) -> None:
+    """When a later step's early lookup has already found something (a peer's attestations), the one task hashes
+    the frames but decodes nothing for the detectors, which may not run; with nothing found it decodes for them."""
+    from proxy.screening.facts import Facts
+
+    async def detector_media(found: object) -> Media | None:
+        facts = Facts(SpooledBody.from_bytes(MEDIA["png"]()), "image/png", cache=None, policy_version="v",
+                      allow_defer=False, detector_decode=engine.decode_spec)
+
+        async def early() -> object:
+            return found
+
+        facts.early["federation"] = asyncio.get_running_loop().create_task(early())
+        await asyncio.sleep(0)  # the early lookup answers before the decoding starts
+        frames = await facts.frames()
+        assert frames.decodable and len(frames.frames) == 1  # the PDQ hashes are there either way
+        return facts.detector_media
+
+    assert asyncio.run(detector_media([{"peer": "a", "att_id": "1"}])) is None
+    assert asyncio.run(detector_media(None)) is not None
+    assert asyncio.run(detector_media([])) is not None
