@@ -9,6 +9,7 @@ SQLite and PostgreSQL, so every database-backed test runs on both engines.
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import pwd
@@ -17,12 +18,15 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
+
+from proxy.state import Database
 
 PG_USER = "bucketguard"
 PG_PASSWORD = "bucketguard-test-secret"
@@ -145,3 +149,28 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.url(server.create_database())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Callable[[], str]:
+    """Makes fresh, empty state databases, all on one engine: SQLite in one run, PostgreSQL in the other (for a
+    test that starts several instances, each with its own database)."""
+    if request.param == "sqlite":
+        return lambda: f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('state') / 'state.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return lambda: server.url(server.create_database())
+
+
+def run_sql(url: str, sql: str, **params: object) -> list[tuple]:
+    """One SQL statement (`:name` parameters) on a state database, SQLite or PostgreSQL, from synchronous test
+    code, through the product's own Database settings; returns its rows (none for a write, which is committed)."""
+    async def run() -> list[tuple]:
+        db = Database(url)
+        try:
+            async with db.engine.begin() as conn:
+                result = await conn.execute(text(sql), params)
+                return [tuple(row) for row in result] if result.returns_rows else []
+        finally:
+            await db.close()
+
+    return asyncio.run(run())

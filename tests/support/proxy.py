@@ -33,7 +33,7 @@ from proxy.front.gateway import create_app
 from proxy.screening.upload import Screen
 
 __all__ = ["CLIENTS", "CLIENT_BUCKET", "PICTRS_KEY", "RunningProxy", "new_bucket", "ssl_context", "start_in_process",
-           "start_subprocess", "wait_healthy", "write_config"]
+           "start_subprocess", "use_database", "wait_healthy", "write_config"]
 
 
 @dataclass
@@ -118,6 +118,14 @@ def start_subprocess(config_path: Path, upstream: S3Server, real_bucket: str, *,
     raise AssertionError("unreachable")
 
 
+def use_database(config_path: Path, url: str) -> None:
+    """Point a config written by write_config at another state database (a PostgreSQL URL, say): the proxy, and
+    every CLI command given this config, then use it."""
+    text = config_path.read_text()
+    start = text.index('url = "sqlite+aiosqlite:///')
+    config_path.write_text(text[:start] + f'url = "{url}"' + text[text.index("\n", start):])
+
+
 _bucket_counter = iter(range(1, 1_000_000))
 
 
@@ -130,18 +138,20 @@ def new_bucket(upstream: S3Server) -> str:
 @pytest.fixture
 def proxy_factory(moto_server: S3Server,
                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RunningProxy]]:
-    """Start proxies: `proxy_factory(screen=..., limits="...", subprocess=False, upstream=None)`."""
+    """Start proxies: `proxy_factory(screen=..., limits="...", subprocess=False, upstream=None, database_url=None)`."""
     started: list[RunningProxy] = []
 
     def start(*, screen: Screen | None = None, limits: str = "", extra: str = "", subprocess: bool = False,
               upstream: S3Server | None = None, real_bucket: str | None = None,
               config_path: Path | None = None, tls: tuple[Path, Path] | None = None,
-              pipeline: bool = False, **config_sections: str) -> RunningProxy:
+              pipeline: bool = False, database_url: str | None = None, **config_sections: str) -> RunningProxy:
         upstream = upstream or moto_server
         real_bucket = real_bucket or new_bucket(upstream)
         if config_path is None:
             tmp = tmp_path_factory.mktemp("proxy")
             config_path = write_config(tmp, upstream, real_bucket, extra=extra, limits=limits, **config_sections)
+            if database_url is not None:
+                use_database(config_path, database_url)
         if subprocess:
             running = start_subprocess(config_path, upstream, real_bucket)
         else:
