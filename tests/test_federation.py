@@ -187,8 +187,9 @@ def test_cli_refuses_an_unknown_peer_in_one_line(tmp_path: Path) -> None:
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "no peer 'nobody'" in result.stderr
 
 
-def test_a_peer_removed_from_the_config_stops_counting(tmp_path: Path) -> None:
-    """Real SQLite state: a stored attestation counts while its peer is configured, not after it is removed."""
+def test_a_peer_removed_from_the_config_stops_counting(database_url: str) -> None:
+    """Real state (SQLite and PostgreSQL): a stored attestation counts while its peer is configured, not after it
+    is removed."""
     import asyncio
 
     from proxy.federation.ingest import Ingester
@@ -198,7 +199,7 @@ def test_a_peer_removed_from_the_config_stops_counting(tmp_path: Path) -> None:
     key = SigningKey.generate()
 
     async def scenario() -> tuple[int, int, int]:
-        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+        db = Database(database_url)
         await db.migrate()
         store = FederationStore(db)
         peer = ("A", "http://a", key.public.line, key.public.kid, ("safe",), 1.0)
@@ -218,8 +219,10 @@ def test_a_peer_removed_from_the_config_stops_counting(tmp_path: Path) -> None:
     assert asyncio.run(scenario()) == (1, 0, 1)
 
 
-def test_a_peer_cannot_store_more_than_its_quota(tmp_path: Path) -> None:
-    """Real SQLite state: past max_attestations_per_peer, entries are refused and counted as over-quota."""
+def test_a_peer_cannot_store_more_than_its_quota(database_url: str) -> None:
+    """Real state (SQLite and PostgreSQL): past max_attestations_per_peer, entries are refused and counted as
+    over-quota, in the page that crosses the quota and in every later page (on PostgreSQL the stored total once
+    stayed 0, so each new page had the whole quota again)."""
     import asyncio
 
     from proxy.federation.ingest import Ingester
@@ -229,16 +232,18 @@ def test_a_peer_cannot_store_more_than_its_quota(tmp_path: Path) -> None:
     key = SigningKey.generate()
 
     async def scenario() -> tuple[int, dict]:
-        db = Database(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+        db = Database(database_url)
         await db.migrate()
         store = FederationStore(db)
         await store.sync_peers([("A", "http://a", key.public.line, key.public.kid, ("safe",), 1.0)])
-        entries = [{"seq": i + 1, "jws": key.sign(attestation())} for i in range(3)]
-        page = signed_page(key, entries, 0, False)
-        await Ingester(store, max_per_peer=2).ingest(await store.peer("A"), page["entries"], signature=page["sig"])
+        ingester = Ingester(store, max_per_peer=2)
+        for first in (1, 4):
+            entries = [{"seq": first + i, "jws": key.sign(attestation())} for i in range(3)]
+            page = signed_page(key, entries, first - 1, False)
+            await ingester.ingest(await store.peer("A"), page["entries"], signature=page["sig"], after=first - 1)
         stored, counted = await store.attestation_count("A"), (await store.counts())["A"]
         await store.close()
         await db.close()
         return stored, counted
 
-    assert asyncio.run(scenario()) == (2, {"accepted": 2, "over-quota": 1})
+    assert asyncio.run(scenario()) == (2, {"accepted": 2, "over-quota": 4})

@@ -149,13 +149,14 @@ async def _insert_rows(conn: Any, dialect: str, rows: list[dict[str, Any]]) -> i
     """Insert a page's attestations, skipping ones stored before; returns how many are new.
 
     On SQLite this is one driver-level executemany of INSERT OR IGNORE (a page of 1,000 rows through the
-    ORM-free core path still costs several times more, and ingest speed is what bounds a first pull)."""
+    ORM-free core path still costs several times more, and ingest speed is what bounds a first pull).
+    On PostgreSQL the new rows are counted by what the insert returns: asyncpg's executemany gives no row count,
+    and a count of 0 there left the peer's stored total, and so its quota, unchanged by every page."""
     if dialect == "sqlite":
         result = await conn.exec_driver_sql(_SQLITE_INSERT, [tuple(row[c] for c in _COLUMNS) for row in rows])
-    else:
-        statement = _insert(dialect).on_conflict_do_nothing(index_elements=["peer", "att_id"])
-        result = await conn.execute(statement, rows)
-    return max(result.rowcount, 0) if result.rowcount is not None else len(rows)
+        return max(result.rowcount, 0)
+    statement = _insert(dialect).on_conflict_do_nothing(index_elements=["peer", "att_id"])
+    return len((await conn.execute(statement.returning(attestations.c.att_id), rows)).all())
 
 
 class Ingester:
