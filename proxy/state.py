@@ -30,6 +30,7 @@ MIGRATION_MODULES: tuple[str, ...] = (
     "proxy.jobs.pull",
     "proxy.federation.store",
     "proxy.jobs.scan_run",
+    "proxy.admin.sessions",
 )
 
 schema_migrations = Table(

@@ -17,7 +17,7 @@ from PIL import Image
 
 from inference.engine import Engine
 from proxy.admin import thumbnails
-from proxy.admin.sessions import LoginThrottle, Sessions
+from proxy.admin.sessions import LoginThrottle
 from proxy.screening.testimage import generate_png
 from proxy.storage.spool import SpooledBody
 from tests.support.proxy import CLIENT_BUCKET
@@ -158,27 +158,6 @@ def test_review_in_a_real_browser(review_proxy, tmp_path: Path) -> None:
     assert review_proxy.upstream.get(review_proxy.real_bucket, f"media/{released}.png") == \
         review_proxy.images[released]
     assert evidence_events(review_proxy, "release") == 1
-
-
-def test_sessions_expire_and_revoke() -> None:
-    now = [1000.0]
-    sessions = Sessions(ttl_s=100, idle_s=30, clock=lambda: now[0])
-    session = sessions.create()
-    assert sessions.get(session.id) is session
-    now[0] += 29
-    assert sessions.get(session.id) is session, "activity within the idle time keeps the session"
-    now[0] += 31
-    assert sessions.get(session.id) is None, "idle too long"
-    fresh = sessions.create()
-    for _ in range(4):
-        now[0] += 25
-        assert sessions.get(fresh.id) is fresh
-    now[0] += 1
-    assert sessions.get(fresh.id) is None, "older than the absolute lifetime, however active"
-    revoked = sessions.create()
-    sessions.revoke(revoked.id)
-    assert sessions.get(revoked.id) is None and sessions.get("") is None
-    assert not revoked.csrf_ok("") and revoked.csrf_ok(revoked.csrf)
 
 
 def test_login_throttle_window() -> None:

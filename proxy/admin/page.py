@@ -6,8 +6,9 @@ reviewer clicks "reveal" on one item; that request is a POST, is written to the 
 which item), and answers one unblurred thumbnail. Items caught by a hash list are reviewed from their
 metadata alone (no pixels). Identical and near-identical items (same SHA-256, or PDQ within the configured
 distance) are grouped, and a decision on a group applies to every item in it. Nothing is cached by browsers
-(`Cache-Control: no-store`). Logins are server-side sessions (proxy/admin/sessions.py): logout revokes,
-time expires, failed logins are throttled. Scripts may send `Authorization: Bearer <admin token>` instead.
+(`Cache-Control: no-store`). Logins are server-side sessions in the state database (proxy/admin/sessions.py),
+shared by every proxy on it: logout revokes, time expires, failed logins are throttled (per process).
+Scripts may send `Authorization: Bearer <admin token>` instead.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def admin_routes(config: Config, quarantine: Any, upstream: Any, db: Any, *,
     from proxy.screening.policy import PolicyError, load_policy
 
     token = config.server.admin_token
-    sessions = sessions or Sessions()
+    sessions = sessions if sessions is not None else Sessions(db, token)  # shared by every proxy on `db`
     throttle = throttle or LoginThrottle()
     slots = asyncio.Semaphore(THUMB_CONCURRENCY)
     try:
@@ -101,7 +102,7 @@ def admin_routes(config: Config, quarantine: Any, upstream: Any, db: Any, *,
                     throttle.failed(_client(request))
                     return _text("admin token required", 401)
             else:
-                session = sessions.get(request.cookies.get(COOKIE, ""))
+                session = await sessions.get(request.cookies.get(COOKIE, ""))
                 if session is None:
                     if request.method == "GET" and "text/html" in request.headers.get("accept", ""):
                         return HTMLResponse(views.login_page("Log in with the admin token."), 401, headers=NO_STORE)
@@ -130,14 +131,14 @@ def admin_routes(config: Config, quarantine: Any, upstream: Any, db: Any, *,
         if not token_ok(str(form.get("token", ""))):
             throttle.failed(_client(request))
             return HTMLResponse(views.login_page("That token is not right."), 401, headers=NO_STORE)
-        session = sessions.create()
+        session = await sessions.create()
         response = RedirectResponse("/admin/", status_code=303, headers=NO_STORE)
         response.set_cookie(COOKIE, session.id, max_age=int(sessions.ttl_s), httponly=True, samesite="strict",
                             path="/admin", secure=request.url.scheme == "https")
         return response
 
     async def logout(request: Request) -> Response:
-        sessions.revoke(request.cookies.get(COOKIE, ""))
+        await sessions.revoke(request.cookies.get(COOKIE, ""))
         response = RedirectResponse("/admin/", status_code=303, headers=NO_STORE)
         response.delete_cookie(COOKIE, path="/admin")
         return response
