@@ -25,6 +25,7 @@ from proxy.front.multipart import MultipartState, new_upload_id
 from proxy.front.operations import Operations
 from proxy.jobs.janitor import Janitor
 from proxy.metrics import ProxyMetrics
+from proxy.s3.errors import S3Error
 from proxy.screening.upload import Upload, Verdict, allow_all
 from proxy.state import Database
 from proxy.storage.upstream import Upstream
@@ -230,3 +231,28 @@ async def test_purged_quarantine_bytes_leave_a_versioned_quarantine_bucket(upstr
         assert versions(upstream_server, bucket, "") == [(other, "version")]
     finally:
         await store.close()
+
+
+async def test_upstream_lists_versions_and_deletes_one_by_its_id(moto_server: S3Server, tmp_path: Path) -> None:
+    """The public Upstream.list_object_versions / delete_object(version_id) that proxy/storage/versions.py uses."""
+    bucket = versioned_bucket(moto_server)
+    s3 = moto_server.client()
+    ids = [s3.put_object(Bucket=bucket, Key="k", Body=body)["VersionId"] for body in (b"v1", b"v2")]
+    s3.put_object(Bucket=bucket, Key="k-other", Body=b"x")
+    s3.delete_object(Bucket=bucket, Key="k")
+    config = load_config(write_config(tmp_path, moto_server, bucket))
+    upstream = Upstream(config.upstream, config.limits)
+    await upstream.start()
+    try:
+        page = await upstream.list_object_versions(bucket, prefix="k")
+        assert sorted(v["VersionId"] for v in page["Versions"] if v["Key"] == "k") == sorted(ids)
+        assert [m["Key"] for m in page["DeleteMarkers"]] == ["k"] and not page["IsTruncated"]
+        answer = await upstream.delete_object(bucket, "k", ids[0])
+        assert answer.get("x-amz-version-id") == ids[0]
+        with pytest.raises(S3Error) as missing:
+            await upstream.list_object_versions(f"{bucket}-absent")
+        assert missing.value.code == "NoSuchBucket"
+    finally:
+        await upstream.close()
+    assert versions(moto_server, bucket, "k") == [("k", "marker"), ("k", "version"), ("k-other", "version")]
+    assert moto_server.client().get_object(Bucket=bucket, Key="k", VersionId=ids[1])["Body"].read() == b"v2"

@@ -215,6 +215,13 @@ class Upstream:
         raw = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
         return {k: raw[k] for k in ("x-amz-version-id", "x-amz-delete-marker") if k in raw}
 
+    async def list_object_versions(self, bucket: str, *, prefix: str = "", key_marker: str = "",
+                                   version_id_marker: str = "") -> dict[str, Any]:
+        """One page of ListObjectVersions (botocore's answer: Versions, DeleteMarkers, IsTruncated, Next*Marker)."""
+        markers = {"KeyMarker": key_marker, "VersionIdMarker": version_id_marker} if key_marker else {}
+        return await self._call("list_object_versions", missing="NoSuchBucket", Bucket=bucket, Prefix=prefix,
+                                **markers)
+
     async def head_bucket(self, bucket: str) -> None:
         await self._call("head_bucket", missing="NoSuchBucket", Bucket=bucket)
 

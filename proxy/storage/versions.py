@@ -12,7 +12,7 @@ aiobotocore S3 client (the quarantine store; its errors stay botocore's), so bot
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -24,8 +24,11 @@ from proxy.storage.upstream import Upstream
 
 log = logging.getLogger("bucketguard.storage")
 
-#: Runs one S3 operation by its botocore name: call("delete_object", Bucket=..., Key=...) -> response.
-Call = Callable[..., Awaitable[dict[str, Any]]]
+#: One page of ListObjectVersions: list_page(bucket, prefix, key_marker, version_id_marker) -> botocore's answer.
+ListPage = Callable[[str, str, str, str], Awaitable[dict[str, Any]]]
+#: DeleteObject, of one version when version_id is set: delete(bucket, key, version_id) -> the answer's
+#: x-amz-version-id / x-amz-delete-marker headers (where the upstream sent them).
+Delete = Callable[[str, str, str], Awaitable[Mapping[str, str]]]
 
 #: The version id S3 gives objects written while a bucket was never (or not) versioned.
 NULL_VERSION = "null"
@@ -53,26 +56,34 @@ class Version:
     delete_marker: bool = False
 
 
-def _caller(s3: Upstream | Any, missing: str = "NoSuchKey") -> Call:
-    if isinstance(s3, Upstream):  # the upstream's own error mapping (S3Error) and failure accounting
-        async def upstream_call(operation: str, **params: Any) -> dict[str, Any]:
-            return await s3._call(operation, missing=missing, **params)
+def _operations(s3: Upstream | Any) -> tuple[ListPage, Delete]:
+    """The two operations this module needs, on the upstream (its own error mapping, S3Error, and failure
+    accounting) or on a bare aiobotocore client (botocore's errors)."""
+    if isinstance(s3, Upstream):
+        async def upstream_page(bucket: str, prefix: str, key_marker: str, version_id_marker: str) -> dict[str, Any]:
+            return await s3.list_object_versions(bucket, prefix=prefix, key_marker=key_marker,
+                                                 version_id_marker=version_id_marker)
 
-        return upstream_call
+        return upstream_page, s3.delete_object
 
-    async def call(operation: str, **params: Any) -> dict[str, Any]:
-        return await getattr(s3, operation)(**params)
+    async def page(bucket: str, prefix: str, key_marker: str, version_id_marker: str) -> dict[str, Any]:
+        markers = {"KeyMarker": key_marker, "VersionIdMarker": version_id_marker} if key_marker else {}
+        return await s3.list_object_versions(Bucket=bucket, Prefix=prefix, **markers)
 
-    return call
+    async def delete(bucket: str, key: str, version_id: str = "") -> Mapping[str, str]:
+        answer = await s3.delete_object(Bucket=bucket, Key=key, **({"VersionId": version_id} if version_id else {}))
+        return answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+
+    return page, delete
 
 
 async def version_pages(s3: Upstream | Any, bucket: str, prefix: str, *,
                         max_pages: int = 100) -> AsyncIterator[list[Version]]:
     """ListObjectVersions under `prefix`, a page (up to 1,000 entries) at a time, at most `max_pages` pages."""
-    call = _caller(s3, missing="NoSuchBucket")
-    markers: dict[str, str] = {}
+    list_page, _ = _operations(s3)
+    key_marker = version_id_marker = ""
     for _ in range(max_pages):
-        page = await call("list_object_versions", Bucket=bucket, Prefix=prefix, **markers)
+        page = await list_page(bucket, prefix, key_marker, version_id_marker)
         entries = [Version(v["Key"], str(v.get("VersionId") or NULL_VERSION), v["LastModified"])
                    for v in page.get("Versions", [])]
         entries += [Version(m["Key"], str(m.get("VersionId") or NULL_VERSION), m["LastModified"], True)
@@ -80,8 +91,9 @@ async def version_pages(s3: Upstream | Any, bucket: str, prefix: str, *,
         yield entries
         if not page.get("IsTruncated"):
             return
-        markers = {"KeyMarker": page.get("NextKeyMarker", ""), "VersionIdMarker": page.get("NextVersionIdMarker", "")}
-        if not markers["KeyMarker"]:
+        key_marker = str(page.get("NextKeyMarker") or "")
+        version_id_marker = str(page.get("NextVersionIdMarker") or "")
+        if not key_marker:
             return
 
 
@@ -97,15 +109,12 @@ async def versions_of(s3: Upstream | Any, bucket: str, key: str) -> list[Version
 
 async def delete_versions(s3: Upstream | Any, bucket: str, versions: list[Version]) -> None:
     """Delete the given versions of one key by their ids; a lone unversioned object by a plain DELETE."""
-    call = _caller(s3)
+    _, delete = _operations(s3)
     if len(versions) == 1 and versions[0].version_id in ("", NULL_VERSION):
-        await call("delete_object", Bucket=bucket, Key=versions[0].key)
+        await delete(bucket, versions[0].key, "")
         return
     for version in versions:
-        if version.version_id:
-            await call("delete_object", Bucket=bucket, Key=version.key, VersionId=version.version_id)
-        else:
-            await call("delete_object", Bucket=bucket, Key=version.key)
+        await delete(bucket, version.key, version.version_id)
 
 
 async def delete_every_version(s3: Upstream | Any, bucket: str, key: str) -> bool:
@@ -115,8 +124,7 @@ async def delete_every_version(s3: Upstream | Any, bucket: str, key: str) -> boo
     is hidden (a delete marker) but its bytes stay as old versions. That is logged, not raised: the caller's
     work (a landed upload, a purge) is done, and failing it would not bring the versions back.
     """
-    answer = await _caller(s3)("delete_object", Bucket=bucket, Key=key)
-    headers = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    headers = await _operations(s3)[1](bucket, key, "")
     if "x-amz-version-id" not in headers and "x-amz-delete-marker" not in headers:
         return True  # an unversioned bucket: the object is gone
     try:
