@@ -132,6 +132,20 @@ def test_export_leaves_no_copy_behind(admin_proxy: RunningProxy) -> None:
     assert events(admin_proxy, "export") == 2
 
 
+def test_what_the_database_holds_is_no_session(admin_proxy: RunningProxy) -> None:
+    """A reader of the state database (a backup, a read replica) sees the sessions' rows: none of it is a cookie."""
+    with httpx.Client() as browser:
+        login(admin_proxy, browser)
+        cookie = browser.cookies.get("bucketguard_admin", path="/admin")
+        with sqlite3.connect(admin_proxy.config_path.parent / "state.db") as conn:
+            stored = [str(v) for row in conn.execute("SELECT * FROM admin_sessions") for v in row]
+        assert stored and not any(cookie in value for value in stored)
+        for value in stored:
+            replay = httpx.get(f"{admin_proxy.endpoint}/admin/summary", cookies={"bucketguard_admin": value})
+            assert replay.status_code == 401
+        assert browser.get(f"{admin_proxy.endpoint}/admin/summary").status_code == 200  # the real cookie works
+
+
 def test_brute_force_is_throttled_even_for_the_right_token(admin_proxy: RunningProxy) -> None:
     base = admin_proxy.endpoint
     # Bearer guesses and form guesses count together, per client address.
@@ -144,3 +158,4 @@ def test_brute_force_is_throttled_even_for_the_right_token(admin_proxy: RunningP
     assert "set-cookie" not in blocked.headers
     also = httpx.get(f"{base}/admin/summary", headers={"Authorization": f"Bearer {TOKEN}"})
     assert also.status_code == 429
+
