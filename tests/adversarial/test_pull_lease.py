@@ -2,12 +2,15 @@
 does not hold, never leased, or held once but lost to another worker. Only the worker holding the job's
 current lease (its lease token) decides; the others get 409 and change nothing. Real `bucketguard serve` in
 pull mode, raw HTTP posts as the attacking worker sends them, a real `bucketguard inference worker`; judged
-by the bucket on moto, the job rows and `bucketguard evidence verify`."""
+by the bucket on moto, the job rows and `bucketguard evidence verify`.
+
+The leases live in the state database: the module runs on SQLite and on a real PostgreSQL, one proxy per engine
+shared by its tests (each test uploads its own key and reads its own job)."""
 
 from __future__ import annotations
 
+import hashlib
 import io
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,11 +23,21 @@ import pytest
 from PIL import Image
 
 from tests.support.moto import S3Server
-from tests.support.proxy import CLIENT_BUCKET, RunningProxy, new_bucket, start_subprocess, write_config
+from tests.support.postgres import run_sql
+from tests.support.proxy import (
+    CLIENT_BUCKET,
+    RunningProxy,
+    new_bucket,
+    start_subprocess,
+    use_database,
+    write_config,
+)
 
 TOKENS = {"alpha": "alpha-token-123", "beta": "beta-token-456"}
 CAUGHT = {"signals": {"nsfw": 1.0}, "packs": []}
 CLEAN = {"signals": {"nsfw": 0.0}, "packs": []}
+#: The one upload of this module that lands (the others are refused): no other key may ever be in the bucket.
+LANDS = "benign.png"
 
 
 def png(seed: int) -> bytes:
@@ -34,8 +47,9 @@ def png(seed: int) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def pull(moto_server: S3Server, tmp_path: Path):
+@pytest.fixture(scope="module")
+def pull(moto_server: S3Server, tmp_path_factory: pytest.TempPathFactory, module_database_url: str):
+    tmp_path = tmp_path_factory.mktemp("pull")
     bucket = new_bucket(moto_server)
     policy = tmp_path / "policy.toml"
     policy.write_text('on_unavailable = "refuse"\n[[rule]]\nname = "nudity"\nwhen = { nsfw = ">= 0.9" }\n'
@@ -44,8 +58,9 @@ def pull(moto_server: S3Server, tmp_path: Path):
     config = write_config(tmp_path, moto_server, bucket, server=f"[server.worker_tokens]\n{tokens}",
                           inference='mode = "pull"\nlease_s = 2',
                           screening=f'policy = "{policy}"\nscan_timeout_s = 25')
+    use_database(config, module_database_url)
     proxy = start_subprocess(config, moto_server, bucket)
-    yield proxy, tmp_path / "state.db", config
+    yield proxy, module_database_url, config
     proxy.stop()
 
 
@@ -84,19 +99,29 @@ def upload(proxy: RunningProxy, key: str, data: bytes) -> tuple[threading.Thread
     return thread, outcome
 
 
-def job_rows(database: Path) -> list[tuple]:
-    with sqlite3.connect(database) as conn:
-        return conn.execute("SELECT id, state, worker, decided_by FROM inference_jobs ORDER BY created_at").fetchall()
+def job_row(database: str, data: bytes) -> tuple:
+    """The (id, state, worker, decided_by) of the one job for these bytes (each test uploads its own)."""
+    (row,) = run_sql(database, "SELECT id, state, worker, decided_by FROM inference_jobs WHERE sha256 = :sha256",
+                     sha256=hashlib.sha256(data).hexdigest())
+    return row
 
 
-def wait_for_job(database: Path, state: str) -> str:
+def wait_for_job(database: str, data: bytes, state: str) -> str:
+    """Waits on the job's row (written when the proxy queues the upload) until it is in `state`."""
+    sha256 = hashlib.sha256(data).hexdigest()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        rows = [r for r in job_rows(database) if r[1] == state]
+        rows = run_sql(database, "SELECT id FROM inference_jobs WHERE sha256 = :sha256 AND state = :state",
+                       sha256=sha256, state=state)
         if rows:
             return rows[0][0]
         time.sleep(0.05)
     raise AssertionError(f"no {state} job")
+
+
+def nothing_refused_landed(proxy: RunningProxy) -> bool:
+    """The whole real bucket, staging included, holds at most the one upload a worker let land."""
+    return set(proxy.upstream_keys()) <= {LANDS}
 
 
 def evidence_verifies(config: Path) -> None:
@@ -112,7 +137,8 @@ def refused(outcome: dict) -> bool:
 
 def test_another_workers_job_cannot_be_decided(pull) -> None:
     proxy, database, config = pull
-    thread, outcome = upload(proxy, "held.png", png(1))
+    data = png(1)
+    thread, outcome = upload(proxy, "held.png", data)
     job = lease(proxy, "alpha")
     # beta, a valid worker, tries to clear alpha's job: with no lease, a guessed one, alpha's stolen token
     for token in ("", "guessed-token", job["lease"]):
@@ -123,46 +149,48 @@ def test_another_workers_job_cannot_be_decided(pull) -> None:
     assert stolen_body.status_code == 404
     assert httpx.get(f"{proxy.endpoint}/_bucketguard/jobs/{job['id']}/body", headers=as_worker("alpha"),
                      timeout=30).status_code == 404, "the holder needs its lease token too"
-    assert job_rows(database)[0][1:] == ("leased", "alpha", "")
+    assert job_row(database, data)[1:] == ("leased", "alpha", "")
     assert post(proxy, "alpha", job["id"], CAUGHT, job["lease"]).status_code == 200
     thread.join(30)
     assert refused(outcome), outcome
-    assert proxy.upstream_keys() == [], "alpha's verdict decided: nothing landed"
-    assert job_rows(database)[0][1:] == ("done", "alpha", "alpha")
+    assert nothing_refused_landed(proxy), "alpha's verdict decided: nothing landed"
+    assert job_row(database, data) == (job["id"], "done", "alpha", "alpha")
     evidence_verifies(config)
 
 
 def test_a_job_never_leased_cannot_be_decided(pull) -> None:
     proxy, database, config = pull
-    thread, outcome = upload(proxy, "queued.png", png(2))
-    job_id = wait_for_job(database, "queued")
+    data = png(2)
+    thread, outcome = upload(proxy, "queued.png", data)
+    job_id = wait_for_job(database, data, "queued")
     answer = post(proxy, "beta", job_id, CLEAN, "any-token")
     assert answer.status_code == 409
     assert post(proxy, "beta", job_id, CLEAN).status_code == 409
-    assert job_rows(database)[0][1] == "queued", "the job is still waiting for a real lease"
+    assert job_row(database, data)[1] == "queued", "the job is still waiting for a real lease"
     job = lease(proxy, "alpha")
     assert job["id"] == job_id
     assert post(proxy, "alpha", job_id, CAUGHT, job["lease"]).status_code == 200
     thread.join(30)
-    assert refused(outcome) and proxy.upstream_keys() == []
+    assert refused(outcome) and nothing_refused_landed(proxy)
+    assert job_row(database, data) == (job_id, "done", "alpha", "alpha")
     evidence_verifies(config)
 
 
 def test_a_lost_lease_cannot_decide_after_another_worker_took_the_job(pull) -> None:
     proxy, database, config = pull
-    thread, outcome = upload(proxy, "moved.png", png(3))
+    data = png(3)
+    thread, outcome = upload(proxy, "moved.png", data)
     first = lease(proxy, "alpha")
-    time.sleep(2.5)  # alpha's lease (2 s) runs out
-    second = lease(proxy, "beta")
+    second = lease(proxy, "beta")  # a long poll: answered once alpha's lease (2 s) has run out
     assert second["id"] == first["id"] and second["lease"] != first["lease"]
     late = post(proxy, "alpha", first["id"], CLEAN, first["lease"])
     assert late.status_code == 409, "alpha's old lease is no longer the job's lease"
-    assert job_rows(database)[0][1:3] == ("leased", "beta")
+    assert job_row(database, data)[1:3] == ("leased", "beta")
     assert post(proxy, "beta", second["id"], CAUGHT, second["lease"]).status_code == 200
     assert post(proxy, "beta", second["id"], CLEAN, second["lease"]).status_code == 409, "decided once"
     thread.join(30)
-    assert refused(outcome) and proxy.upstream_keys() == []
-    assert job_rows(database)[0][1:] == ("done", "beta", "beta")
+    assert refused(outcome) and nothing_refused_landed(proxy)
+    assert job_row(database, data)[1:] == ("done", "beta", "beta")
     evidence_verifies(config)
 
 
@@ -176,14 +204,15 @@ def test_a_real_worker_decides_while_an_attacker_posts(pull, test_pack_path: Pat
                               stderr=subprocess.DEVNULL)
     try:
         data = png(4)
-        thread, outcome = upload(proxy, "benign.png", data)
-        job_id = wait_for_job(database, "leased")
+        thread, outcome = upload(proxy, LANDS, data)
+        job_id = wait_for_job(database, data, "leased")
         for token in ("", "forged"):
             assert post(proxy, "beta", job_id, CAUGHT, token).status_code == 409
         thread.join(60)
         assert outcome.get("landed"), outcome
-        assert proxy.upstream.get(proxy.real_bucket, "benign.png") == data
-        assert job_rows(database)[0][1:] == ("done", "alpha", "alpha")
+        assert proxy.upstream.get(proxy.real_bucket, LANDS) == data
+        assert nothing_refused_landed(proxy)
+        assert job_row(database, data) == (job_id, "done", "alpha", "alpha")
         evidence_verifies(config)
     finally:
         worker.terminate()

@@ -151,6 +151,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return server.url(server.create_database())
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A fresh state database shared by one module's tests, once on SQLite and once on PostgreSQL: for a module
+    whose tests share one server per engine."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path_factory.mktemp('state') / 'state.db'}"
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return server.url(server.create_database())
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def new_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Callable[[], str]:
     """Makes fresh, empty state databases, all on one engine: SQLite in one run, PostgreSQL in the other (for a
