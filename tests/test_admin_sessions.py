@@ -181,5 +181,5 @@ def test_two_proxies_share_logins_logouts_and_deadlines(moto_server: S3Server, p
                     response = httpx.get(f"{proxy.endpoint}/admin/", cookies={COOKIE: cookie})
                     assert response.status_code == 401, (proxy.endpoint, cookie == idle)
     finally:
-        a.stop()
-        b.stop()
+        with ThreadPoolExecutor(2) as pool:  # both shut down at once
+            list(pool.map(lambda proxy: proxy.stop(), (a, b)))
