@@ -12,7 +12,7 @@ from PIL import Image
 
 from inference.detectors import load_detector
 from inference.detectors.concepts import SIGNALS, ConceptRules, evaluate, signals
-from inference.detectors.nsfw_age import NUDENET_CLASSES, decode_parts
+from inference.detectors.nsfw_age import NUDENET_CLASSES, centre_crop_resized, decode_parts, padded_square_resized
 from inference.packs import load_pack
 from inference.runtime import RuntimeOptions
 
@@ -162,6 +162,27 @@ def test_nudenet_decoding_nms_score_floor_and_clipping() -> None:
     assert found[0][2] == pytest.approx((160, 160, 80, 80))
     assert found[1][2] == pytest.approx((540, 0, 100, 80))  # x, y and w clipped to the image, as NudeNet does
     assert decode_parts(nudenet_rows(), 1.0, (320, 320)) == []
+
+
+#: Frame sizes: the decoder's 640-pixel thumbnails, small PNGs, odd and extreme shapes, sizes whose box is not
+#: exact in float32 (641: the helpers fall back to the full resize), a square, and frames smaller than 320.
+FRAME_SIZES = ((640, 480), (480, 640), (640, 427), (333, 640), (641, 300), (300, 641), (640, 640), (320, 240),
+               (641, 17), (2000, 37), (500, 375), (999, 1000), (321, 320), (639, 1), (200, 150), (257, 255))
+
+
+def test_nsfw_age_resizes_skip_only_work_whose_result_is_known() -> None:
+    """The cropped/box resizes give the reference pipelines' pixels bit for bit: open_nsfw's 256x256 bilinear
+    resize cut to its centre 224, NudeNet's padded square resized to 320."""
+    rng = np.random.default_rng(14)
+    for width, height in FRAME_SIZES:
+        frame = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        side = max(width, height)
+        square = Image.new("RGB", (side, side))
+        square.paste(frame, (0, 0))
+        expected = np.asarray(square.resize((320, 320), Image.Resampling.BILINEAR))
+        assert np.array_equal(np.asarray(padded_square_resized(frame, 320)), expected), (width, height)
+        crop = frame.resize((256, 256), Image.Resampling.BILINEAR).crop((16, 16, 240, 240))
+        assert np.array_equal(np.asarray(centre_crop_resized(frame, 256, 224)), np.asarray(crop)), (width, height)
 
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "horse", "stereo_motorcycle", "coins",

@@ -19,6 +19,7 @@ squared with dlib's default 20% padding, so ages are approximate.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -91,6 +92,49 @@ def decode_parts(rows: np.ndarray, back_scale: float, image_size: tuple[int, int
             for index in _nms(xywh, best, NMS_IOU)]
 
 
+def _exact_box(edges: tuple[float, ...], scales: tuple[float, ...], counts: tuple[int, ...]) -> bool:
+    """Whether Pillow, given this resize box (it reads it as float32), computes the same filter positions as
+    the full resize it stands for: every edge exact in float32 and each box side / output count == its scale."""
+    x0, y0, x1, y1 = edges
+    return all(float(np.float32(edge)) == edge for edge in edges) and \
+        (x1 - x0) / counts[0] == scales[0] and (y1 - y0) / counts[1] == scales[1]
+
+
+def centre_crop_resized(image: Image.Image, size: int, crop: int) -> Image.Image:
+    """`image.resize((size, size), BILINEAR)` cropped to its centre `crop` x `crop`, bit for bit, computing only
+    the crop: Pillow places each output pixel's filter by the box and clips it at the image's edges (not the
+    box's), so a box around the crop gives the same pixels. Where the box is not exact in float32, the full
+    resize is cropped instead."""
+    margin = (size - crop) // 2
+    sx, sy = image.width / size, image.height / size
+    box = (margin * sx, margin * sy, (margin + crop) * sx, (margin + crop) * sy)
+    if _exact_box(box, (sx, sy), (crop, crop)):
+        return image.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
+    return image.resize((size, size), Image.Resampling.BILINEAR).crop((margin, margin, margin + crop, margin + crop))
+
+
+def padded_square_resized(frame: Image.Image, size: int) -> Image.Image:
+    """The frame pasted at the top left of a black square of its longer side, resized to `size` x `size`
+    (bilinear), bit for bit, without filtering the rows (or columns) of padding that only black reaches: those
+    output pixels are 0 whatever is computed. Falls back to the full resize where the box is not exact."""
+    width, height = frame.size
+    side = max(width, height)
+    square = Image.new("RGB", (side, side))
+    square.paste(frame, (0, 0))
+    scale = side / size
+    # an output line's bilinear filter reaches `scale` input lines either side of its centre
+    lines = min(size, math.ceil((min(width, height) + scale) / scale) + 1)
+    if side > size and lines < size:
+        extent = lines * scale
+        box = (0.0, 0.0, float(side), extent) if width >= height else (0.0, 0.0, extent, float(side))
+        out = (size, lines) if width >= height else (lines, size)
+        if _exact_box(box, (scale, scale), out):
+            canvas = Image.new("RGB", (size, size))
+            canvas.paste(square.resize(out, Image.Resampling.BILINEAR, box=box), (0, 0))
+            return canvas
+    return square.resize((size, size), Image.Resampling.BILINEAR)
+
+
 @dataclass(frozen=True)
 class Prepared:
     nsfw: np.ndarray
@@ -122,23 +166,22 @@ class NsfwAgeDetector:
 
     def prepare(self, frame: Image.Image) -> Prepared:
         """Both models' inputs. The resizes and the JPEG round trip are the reference pipelines' own (the models
-        were trained on them): kept exactly; only needless copies are gone (an RGB frame is not converted
-        again) and the tensors come from `to_tensor`'s table lookup, bit for bit the same values."""
+        were trained on them): kept exactly, bit for bit; only work whose result is thrown away or known is
+        skipped (the pixels outside open_nsfw's centre crop, NudeNet's padding: `centre_crop_resized`,
+        `padded_square_resized`), an RGB frame is not converted again, and the tensors come from `to_tensor`'s
+        table lookup."""
         if frame.mode != "RGB":
             frame = frame.convert("RGB")
         # open_nsfw's reference input: 256x256 bilinear, centre 224 crop, a JPEG round trip, BGR minus mean.
-        crop = frame.resize((256, 256), Image.Resampling.BILINEAR).crop((16, 16, 240, 240))
+        crop = centre_crop_resized(frame, 256, 224)
         buffer = io.BytesIO()
         crop.save(buffer, format="JPEG")
         buffer.seek(0)
         nsfw_input = to_tensor([Image.open(buffer)], self.nsfw_spec)[0]  # decoded RGB, as the reference reads it
         # NudeNet: pad to a square at the bottom/right, resize to 320.
-        side = max(frame.width, frame.height)
-        square = Image.new("RGB", (side, side))
-        square.paste(frame, (0, 0))
         size = self.parts_spec.size[0]
-        parts_input = to_tensor([square.resize((size, size), Image.Resampling.BILINEAR)], self.parts_spec)[0]
-        return Prepared(nsfw_input, parts_input, side / size, frame)
+        parts_input = to_tensor([padded_square_resized(frame, size)], self.parts_spec)[0]
+        return Prepared(nsfw_input, parts_input, max(frame.width, frame.height) / size, frame)
 
     # ---- the three models, batched -----------------------------------------------------------------------
 
