@@ -9,7 +9,10 @@ running the models again, and an entry made by other packs than the current ones
 to its SHA-256).
 
 Reads and writes come in batches. Lookups made while a query is on its way are answered together by the next
-query (one round trip for many concurrent uploads or scanned objects, however many). Writes are upserts, one
+query (one round trip for many concurrent uploads or scanned objects, however many). A lookup is one statement
+(the allow list and the cache together); on SQLite it goes to the driver in one hop to its thread, where the
+async engine's cursor, execute, fetch and close took four per statement (measured: 0.69 ms of CPU per lookup
+before, 0.11 ms after, most of a backfill's own per-object cost). Writes are upserts, one
 statement for a batch: a backfill holds them (`hold_writes`) and writes one transaction per batch instead of one
 per object; entries still held are seen by this process's lookups. Losing held entries in a crash costs only a
 second scan of those bytes: the cache is never the record of a decision.
@@ -18,12 +21,28 @@ second scan of those bytes: the cache is never the record of a decision.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, Column, Connection, String, Table, Text, select
+from sqlalchemy import (
+    Boolean,
+    Column,
+    CompoundSelect,
+    Connection,
+    String,
+    Table,
+    Text,
+    bindparam,
+    false,
+    null,
+    select,
+    true,
+    union_all,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
@@ -86,6 +105,26 @@ LOOKUP_BATCH = 500
 Found = tuple[bool, CachedScan | None]
 
 
+def _lookup_query(shas: Sequence[Any]) -> CompoundSelect:
+    """The allow list's rows and the cache's rows for `shas` (values or bind parameters), in one statement:
+    (sha256, allowed, packs_json, signals_json, frames_json, undecodable, media)."""
+    cached = select(verdict_cache.c.sha256, false().label("allowed"), verdict_cache.c.packs_json,
+                    verdict_cache.c.signals_json, verdict_cache.c.frames_json, verdict_cache.c.undecodable,
+                    verdict_cache.c.media).where(verdict_cache.c.sha256.in_(shas))
+    allowed = select(allowed_hashes.c.sha256, true(), null(), null(), null(), null(), null()).where(
+        allowed_hashes.c.sha256.in_(shas))
+    return union_all(cached, allowed)
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_lookup(count: int) -> str:
+    """`_lookup_query` for `count` hashes as SQLite text (positional `?`: the hashes, then the same again)."""
+    compiled = _lookup_query([bindparam(f"s{i}") for i in range(count)]).compile(dialect=sqlite.dialect())
+    order = tuple(compiled.positiontup or ())
+    assert order == tuple(f"s{i}" for i in range(count)) * 2, order
+    return str(compiled)
+
+
 def _retrieved(future: asyncio.Future[Found]) -> None:
     if not future.cancelled():
         future.exception()  # every waiter may have gone: never "exception was never retrieved"
@@ -142,16 +181,21 @@ class VerdictCache:
 
     async def _read(self, shas: list[str]) -> dict[str, Found]:
         async with self._engine.connect() as conn:
-            allowed = set((await conn.execute(select(allowed_hashes.c.sha256).where(
-                allowed_hashes.c.sha256.in_(shas)))).scalars())
-            rows = (await conn.execute(select(
-                verdict_cache.c.sha256, verdict_cache.c.packs_json, verdict_cache.c.signals_json,
-                verdict_cache.c.frames_json, verdict_cache.c.undecodable, verdict_cache.c.media).where(
-                verdict_cache.c.sha256.in_(shas)))).mappings().all()
-        cached = {row["sha256"]: CachedScan(
-            json.loads(row["packs_json"]), json.loads(row["signals_json"]),
-            FrameHashes.from_json(row["frames_json"]) if row["frames_json"] else None, bool(row["undecodable"]),
-            bool(row["media"])) for row in rows}
+            if self._dialect == "sqlite":  # one hop to the driver's thread (see the module's docstring)
+                driver = (await conn.get_raw_connection()).driver_connection
+                rows: Sequence[Sequence[Any]] = list(await driver.execute_fetchall(  # type: ignore[union-attr]
+                    _sqlite_lookup(len(shas)), (*shas, *shas)))
+            else:
+                rows = (await conn.execute(_lookup_query(shas))).all()
+        allowed: set[str] = set()
+        cached: dict[str, CachedScan] = {}
+        for sha, is_allowed, packs, signals, frames, undecodable, media in rows:
+            if is_allowed:
+                allowed.add(sha)
+            else:
+                cached[sha] = CachedScan(json.loads(packs), json.loads(signals),
+                                         FrameHashes.from_json(frames) if frames else None, bool(undecodable),
+                                         bool(media))
         return {sha: (sha in allowed, cached.get(sha)) for sha in shas}
 
     async def put(self, sha256: str, scan: CachedScan) -> None:
