@@ -165,16 +165,20 @@ def test_nudenet_decoding_nms_score_floor_and_clipping() -> None:
 
 
 #: Frame sizes: the decoder's 640-pixel thumbnails, small PNGs, odd and extreme shapes, sizes whose box is not
-#: exact in float32 (641: the helpers fall back to the full resize), a square, and frames smaller than 320.
+#: exact in float32 (641: the helpers fall back to the full resize), a square, frames smaller than 320, and
+#: shapes where one resize with a box on both axes differs from the full resize (384x303, 448x172).
 FRAME_SIZES = ((640, 480), (480, 640), (640, 427), (333, 640), (641, 300), (300, 641), (640, 640), (320, 240),
-               (641, 17), (2000, 37), (500, 375), (999, 1000), (321, 320), (639, 1), (200, 150), (257, 255))
+               (641, 17), (2000, 37), (500, 375), (999, 1000), (321, 320), (639, 1), (200, 150), (257, 255),
+               (384, 303), (448, 172), (439, 640), (503, 640))
 
 
 def test_nsfw_age_resizes_skip_only_work_whose_result_is_known() -> None:
     """The cropped/box resizes give the reference pipelines' pixels bit for bit: open_nsfw's 256x256 bilinear
-    resize cut to its centre 224, NudeNet's padded square resized to 320."""
+    resize cut to its centre 224, NudeNet's padded square resized to 320 (on the sizes above and 100 random
+    ones, landscape and portrait)."""
     rng = np.random.default_rng(14)
-    for width, height in FRAME_SIZES:
+    shapes = list(FRAME_SIZES) + [(int(w), int(h)) for w, h in rng.integers(1, 1000, (100, 2))]
+    for width, height in shapes:
         frame = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
         side = max(width, height)
         square = Image.new("RGB", (side, side))
@@ -183,7 +187,6 @@ def test_nsfw_age_resizes_skip_only_work_whose_result_is_known() -> None:
         assert np.array_equal(np.asarray(padded_square_resized(frame, 320)), expected), (width, height)
         crop = frame.resize((256, 256), Image.Resampling.BILINEAR).crop((16, 16, 240, 240))
         assert np.array_equal(np.asarray(centre_crop_resized(frame, 256, 224)), np.asarray(crop)), (width, height)
-
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "cat", "horse", "stereo_motorcycle", "coins",
           "hubble_deep_field")

@@ -92,48 +92,62 @@ def decode_parts(rows: np.ndarray, back_scale: float, image_size: tuple[int, int
             for index in _nms(xywh, best, NMS_IOU)]
 
 
-def _exact_box(edges: tuple[float, ...], scales: tuple[float, ...], counts: tuple[int, ...]) -> bool:
-    """Whether Pillow, given this resize box (it reads it as float32), computes the same filter positions as
-    the full resize it stands for: every edge exact in float32 and each box side / output count == its scale."""
-    x0, y0, x1, y1 = edges
-    return all(float(np.float32(edge)) == edge for edge in edges) and \
-        (x1 - x0) / counts[0] == scales[0] and (y1 - y0) / counts[1] == scales[1]
+def _exact(edges: tuple[float, float], scale: float, count: int) -> bool:
+    """Whether Pillow, given a resize box with these edges on one axis (it reads them as float32), places its
+    filters as the full resize of scale `scale` does: both edges exact in float32 and (end - start) / count
+    == scale."""
+    start, end = edges
+    return float(np.float32(start)) == start and float(np.float32(end)) == end and (end - start) / count == scale
+
+
+def _bilinear(image: Image.Image, size: tuple[int, int], box: tuple[float, float, float, float]) -> Image.Image:
+    return image.resize(size, Image.Resampling.BILINEAR, box=box)
 
 
 def centre_crop_resized(image: Image.Image, size: int, crop: int) -> Image.Image:
     """`image.resize((size, size), BILINEAR)` cropped to its centre `crop` x `crop`, bit for bit, computing only
-    the crop: Pillow places each output pixel's filter by the box and clips it at the image's edges (not the
-    box's), so a box around the crop gives the same pixels. Where the box is not exact in float32, the full
-    resize is cropped instead."""
+    the crop: Pillow's two passes (each rounded to 8 bits) done as two one-axis resizes whose boxes cover the
+    crop, horizontal first as Pillow does for a frame at least as wide as high; a box places each output
+    pixel's filter as the full resize does and clips it at the image's edges (not the box's). One resize with
+    a box on both axes does not give the same pixels, and for taller frames this Pillow (13) sometimes runs
+    the vertical pass first: those, and boxes not exact in float32, get the full resize, cropped.
+    tests/test_detectors.py compares with the full resize on many shapes."""
     margin = (size - crop) // 2
-    sx, sy = image.width / size, image.height / size
-    box = (margin * sx, margin * sy, (margin + crop) * sx, (margin + crop) * sy)
-    if _exact_box(box, (sx, sy), (crop, crop)):
-        return image.resize((crop, crop), Image.Resampling.BILINEAR, box=box)
+    width, height = image.size
+    sx, sy = width / size, height / size
+    xs, ys = (margin * sx, (margin + crop) * sx), (margin * sy, (margin + crop) * sy)
+    if width >= height and width != size and height != size and _exact(xs, sx, crop) and _exact(ys, sy, crop):
+        rows = _bilinear(image, (crop, height), (xs[0], 0.0, xs[1], float(height)))
+        return _bilinear(rows, (crop, crop), (0.0, ys[0], float(crop), ys[1]))
     return image.resize((size, size), Image.Resampling.BILINEAR).crop((margin, margin, margin + crop, margin + crop))
 
 
 def padded_square_resized(frame: Image.Image, size: int) -> Image.Image:
     """The frame pasted at the top left of a black square of its longer side, resized to `size` x `size`
-    (bilinear), bit for bit, without filtering the rows (or columns) of padding that only black reaches: those
-    output pixels are 0 whatever is computed. Falls back to the full resize where the box is not exact."""
+    (bilinear), bit for bit, without filtering the lines of padding that only black reaches (those output
+    pixels are 0 whatever is computed): Pillow's two passes (horizontal first: a square) done as two one-axis
+    resizes (see `centre_crop_resized`). Falls back to the full resize where a box is not exact."""
     width, height = frame.size
     side = max(width, height)
-    square = Image.new("RGB", (side, side))
-    square.paste(frame, (0, 0))
     scale = side / size
     # an output line's bilinear filter reaches `scale` input lines either side of its centre
     lines = min(size, math.ceil((min(width, height) + scale) / scale) + 1)
-    if side > size and lines < size:
-        extent = lines * scale
-        box = (0.0, 0.0, float(side), extent) if width >= height else (0.0, 0.0, extent, float(side))
-        out = (size, lines) if width >= height else (lines, size)
-        if _exact_box(box, (scale, scale), out):
-            canvas = Image.new("RGB", (size, size))
-            canvas.paste(square.resize(out, Image.Resampling.BILINEAR, box=box), (0, 0))
-            return canvas
+    extent = lines * scale
+    if side > size and lines < size and width != height and _exact((0.0, extent), scale, lines):
+        canvas = Image.new("RGB", (size, size))
+        if width > height:  # padding below: every row through the horizontal pass, then the rows reached
+            rows = Image.new("RGB", (size, side))
+            rows.paste(frame.resize((size, height), Image.Resampling.BILINEAR), (0, 0))
+            canvas.paste(_bilinear(rows, (size, lines), (0.0, 0.0, float(size), extent)), (0, 0))
+        else:  # padding to the right: the columns reached through the horizontal pass, then every column
+            square = Image.new("RGB", (side, side))
+            square.paste(frame, (0, 0))
+            columns = _bilinear(square, (lines, side), (0.0, 0.0, extent, float(side)))
+            canvas.paste(columns.resize((lines, size), Image.Resampling.BILINEAR), (0, 0))
+        return canvas
+    square = Image.new("RGB", (side, side))
+    square.paste(frame, (0, 0))
     return square.resize((size, size), Image.Resampling.BILINEAR)
-
 
 @dataclass(frozen=True)
 class Prepared:
