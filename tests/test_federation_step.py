@@ -28,6 +28,7 @@ from proxy.screening.policy import load_policy
 from proxy.screening.testimage import generate_png
 from proxy.state import Database
 from proxy.storage.spool import SpooledBody
+from tests.support.media_attacks import png_claiming
 
 
 def jpeg(image: Image.Image) -> bytes:
@@ -157,3 +158,21 @@ async def test_a_distrust_by_another_process_counts_at_the_next_lookup(db: Datab
         await cli_db.close()
         await store.close()
 
+
+async def test_a_peers_clean_never_lands_bytes_this_instance_cannot_decode(db: Database) -> None:
+    """A PNG whose header claims 60000x60000 is over the local decode budget: its perceptual checks (test image,
+    PDQ lists) cannot run here, so a peer's "clean" for its exact bytes does not land it; the policy's
+    on_undecodable decides (reject by default), as without federation."""
+    store = FederationStore(db)
+    bomb = SpooledBody.from_bytes(png_claiming(60000, 60000))
+    await attest_clean(store, [bomb.sha256])
+    policy = load_policy(None)
+    step = PeerAttestations(store, policy, Rules(safe_quorum=1.0), pdq_max_distance=31)
+    pipeline = Pipeline(policy=policy, hashlists=HashLists([], []), cache=VerdictCache(db), detectors=None,
+                        federation=step)
+    try:
+        assert [r["verdict"] for r in await step.exact(bomb.sha256)] == ["clean"]
+        decision = await pipeline.decide(bomb, "image/png")
+    finally:
+        await store.close()
+    assert (decision.action, decision.rule, decision.step) == ("reject", "on_undecodable", "undecodable")

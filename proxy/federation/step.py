@@ -20,6 +20,7 @@ from proxy.screening.facts import Decision, Facts
 from proxy.screening.hashing import Pdq
 from proxy.screening.hashlists import HashList
 from proxy.screening.policy import Policy
+from proxy.screening.upload import LANDING_ACTIONS
 
 log = logging.getLogger("bucketguard.federation")
 #: Attestations whose signature was checked at use, kept to skip the check next time (cleared when full).
@@ -122,6 +123,8 @@ class PeerAttestations:
         judgement = judge(rows, self.policy, self.rules, sha256=facts.hashes.sha256)
         if judgement is None:
             return None
+        if judgement.action in LANDING_ACTIONS and not (await facts.frames()).decodable:
+            return None  # bytes this instance could not decode (over budget, stopped) go to on_undecodable
         base: dict[str, Any] = await facts.base()
         return Decision(judgement.action, judgement.rule, judgement.category, self.name, judgement.reason,
                         judgement.signals, match={"federation": judgement.sources}, packs=judgement.packs,
