@@ -93,7 +93,8 @@ def add_int8_variants(folder: Path, manifest: dict) -> None:
         + [to_tensor([resize_center_crop(image, age_spec.size)], age_spec) for image in calibration_images],
         "parts": [item.parts[np.newaxis] for item in prepared],
     }
-    recipes = {"parts": int8.Recipe(exclude=int8.yolov8_float_nodes)}
+    recipes = {"parts": int8.Recipe(exclude=int8.yolov8_float_nodes, rewrite=int8.yolov8_dfl_last_axis,
+                                    percentile=99.9999)}
     cpu_ms: dict[str, list[float]] = {}
     kept: list[str] = []
     for role, batches in calibration.items():
