@@ -1,8 +1,11 @@
 """Added latency of screening, in one run: the same 256 KiB JPEG uploads through the proxy with the allow-all
 seam, through the full pipeline with the in-process `test` pack (new bytes each time), and through the full
-pipeline for bytes already decided (verdict cache hit). Also the cost of one PDQ hash.
+pipeline for bytes already decided (verdict cache hit). Also the cost of one PDQ hash, and first the CPU cost of
+the decode-pool hash task itself (`frame_hashes_here`: decode, PDQ of every frame in its 8 orientations, the test
+image distance), in this process, per part, over the backfill benchmark's 320x240 JPEGs and the federation
+benchmark's 48x48 PNGs.
 
-    .venv/bin/python benchmarks/screening_latency.py [--uploads N]
+    .venv/bin/python benchmarks/screening_latency.py [--uploads N] [--hash-task-only] [--hash-images N]
 
 Target: a cache hit adds <= 2 ms p50 over the allow-all seam.
 """
@@ -44,6 +47,52 @@ def jpeg(seed: int) -> bytes:
     return buffer.getvalue()
 
 
+def hash_task_costs(images: list[bytes], rounds: int) -> dict[str, float]:
+    """CPU ms per image of each part of the hash task (the best of `rounds` passes over all the images): the
+    decode, PDQ of every decoded frame, the test image distance of a still, and the whole task as the pool runs it."""
+    from inference.media import decode
+    from proxy.screening.hashing import PDQ_LIMITS, PDQ_MAX_SIDE, _pdq_variants, frame_hashes_here
+    from proxy.screening.testimage import still_distance
+
+    target = (PDQ_MAX_SIDE // 2, PDQ_MAX_SIDE // 2)
+    for data in images[:10]:  # warm: the reference layouts, imports
+        frame_hashes_here(data)
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        spent = dict.fromkeys(("decode", "PDQ x8", "distance", "total"), 0.0)
+        for data in images:
+            started = time.process_time()
+            media = decode(data, None, PDQ_LIMITS, target)
+            decoded = time.process_time()
+            for frame in media.frames:
+                _pdq_variants(frame)
+            hashed = time.process_time()
+            if media.kind == "image":
+                still_distance(media.frames[0])
+            measured = time.process_time()
+            frame_hashes_here(data)
+            spent["decode"] += decoded - started
+            spent["PDQ x8"] += hashed - decoded
+            spent["distance"] += measured - hashed
+            spent["total"] += time.process_time() - measured
+        for part, seconds in spent.items():
+            best[part] = min(best.get(part, float("inf")), seconds / len(images) * 1000)
+    return best
+
+
+def hash_task_section(count: int) -> None:
+    from benchmarks.backfill_rate import objects
+    from benchmarks.federation import png
+
+    print(f"decode-pool hash task, in this process: CPU ms per image, best of 5 passes over {count} images")
+    print(f"{'images':34} {'decode':>8} {'PDQ x8':>8} {'distance':>9} {'total':>8}")
+    for name, images in ((f"backfill 320x240 JPEG ({count})", objects(count)),
+                         (f"federation 48x48 PNG ({count})", [png(10**6 + i) for i in range(count)])):
+        costs = hash_task_costs(images, rounds=5)
+        print(f"{name:34} {costs['decode']:8.3f} {costs['PDQ x8']:8.3f} {costs['distance']:9.3f} {costs['total']:8.3f}")
+    print()
+
+
 def timed_puts(endpoint: str, bodies: list[bytes]) -> list[float]:
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=PICTRS_KEY,
                       aws_secret_access_key=CLIENTS[PICTRS_KEY],
@@ -64,7 +113,12 @@ def timed_puts(endpoint: str, bodies: list[bytes]) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--uploads", type=int, default=60)
+    parser.add_argument("--hash-images", type=int, default=200, help="images per set for the hash task's costs")
+    parser.add_argument("--hash-task-only", action="store_true", help="only the hash task's costs (no proxy)")
     args = parser.parse_args()
+    hash_task_section(args.hash_images)
+    if args.hash_task_only:
+        return
     import logging
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
