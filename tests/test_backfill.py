@@ -203,3 +203,37 @@ def test_scan_in_pass_through_mode_names_its_bucket(moto_server, test_pack_path,
                               "--no-progress", "--report", str(report)], capture_output=True, text=True, timeout=300)
     assert process.returncode == 0, process.stdout + process.stderr
     assert json.loads(report.read_text())["outcomes"] == {"clean": 1}
+
+
+async def test_a_scan_takes_its_first_page_as_soon_as_it_is_listed(moto_server, test_pack_path, tmp_path) -> None:
+    """The first claim of a scan comes before its first listed page; the page wakes the claims at once. With a
+    poll interval of ten minutes the scan of three objects ends well within a minute (it used to sleep one poll
+    interval before its first claim)."""
+    from inference.engine import Engine
+    from proxy.config import load_config
+    from proxy.jobs.backfill import Backfill, ScanOptions
+    from proxy.screening.cache import VerdictCache
+    from proxy.screening.hashlists import HashLists
+    from proxy.screening.pipeline import Pipeline
+    from proxy.screening.policy import load_policy
+    from proxy.storage.upstream import Upstream
+
+    objects = dict(list(corpus(8).items())[3:6])  # three photographs
+    config_path, bucket = setup(moto_server, tmp_path / "w", test_pack_path, objects)
+    config = load_config(config_path)
+    db = Database(config.database.url)
+    await db.migrate()
+    upstream = Upstream(config.upstream, config.limits)
+    await upstream.start()
+    engine = Engine.from_packs([test_pack_path])
+    try:
+        pipeline = Pipeline(policy=load_policy(config.screening.policy), hashlists=HashLists([], []),
+                            cache=VerdictCache(db), detectors=engine)
+        backfill = Backfill(db, upstream, pipeline, None, config.limits,
+                            ScanOptions(CLIENT_BUCKET, bucket, dry_run=True, concurrency=4), poll_s=600)
+        report = await asyncio.wait_for(backfill.scan(), 60)
+    finally:
+        await engine.close()
+        await upstream.close()
+        await db.close()
+    assert report["outcomes"] == {"clean": 3} and report["listing_done"] is True

@@ -18,6 +18,7 @@ the bucket; a hit that was already recorded before a crash is not recorded twice
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -58,6 +59,7 @@ class Backfill:
         self._outcomes: list[dict[str, str]] = []
         self._flushed_at = time.monotonic()
         self._flush_lock = asyncio.Lock()
+        self._listed: asyncio.Event | None = None  # set when this scanner adds a page: its claims need not wait
         # what the scan learns of the bytes goes to the verdict cache in the outcomes' batches, not one write each
         self.cache = getattr(pipeline, "cache", None)
         if self.cache is not None:
@@ -80,6 +82,8 @@ class Backfill:
                        and (self.only_keys is None or o["Key"] in self.only_keys)]
             if await self.run.add_page(objects, page.next_token, not page.is_truncated, after=token):
                 listed += len(objects)
+                if self._listed is not None:
+                    self._listed.set()
 
     async def _lister(self) -> None:
         """Keep trying to list until the listing is done (another scanner may hold it, or die holding it)."""
@@ -120,6 +124,7 @@ class Backfill:
         """Scan objects leased in batches until the run has none left that this scanner could take."""
         concurrency = self.options.concurrency
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=concurrency)
+        listed = self._listed = asyncio.Event()
 
         async def producer() -> None:
             idle = 0
@@ -139,7 +144,11 @@ class Backfill:
                 idle += 1
                 if idle % 10 == 1:
                     await self.run.release_dead()
-                await asyncio.sleep(self.poll_s)
+                # the next page this scanner lists wakes it at once (the first claim usually comes before the
+                # first page: a plain sleep cost every scan its first poll_s); another scanner's, at the next poll
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(listed.wait(), self.poll_s)
+                listed.clear()
             for _ in range(concurrency):
                 await queue.put({})
 
