@@ -3,15 +3,15 @@ and key, the `test` pack in-process as detectors; feeds pulled over real HTTP by
 
 A scans and publishes; B trusts A for safe and block with quorum 1; C needs two of {A, B} for known-safe.
 Detector calls are counted on each instance's pipeline; what landed is read from the real bucket on moto.
+The federation store (ingest, lookups, reliance records, distrust) is what these tests are about: each runs
+with every instance on SQLite, then with every instance on a real PostgreSQL (`new_database`).
 """
 
 from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +21,8 @@ import skimage.data
 from PIL import Image
 
 from proxy.federation.keys import SigningKey
+from tests.support.cli import run_cli
+from tests.support.postgres import run_sql
 from tests.support.proxy import CLIENT_BUCKET
 
 pytestmark = pytest.mark.slow  # several proxies with in-process detectors per test
@@ -38,16 +40,12 @@ def encode(name: str, fmt: str = "PNG", size: tuple[int, int] | None = None, **k
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=120)
+    return run_cli(*args)  # in this process: the subject is what the commands read and change
 
 
-def db_path(proxy) -> Path:
-    return proxy.config_path.parent / "state.db"
-
-
-def query(proxy, sql: str, *params) -> list[tuple]:
-    with sqlite3.connect(db_path(proxy), timeout=30) as conn:
-        return conn.execute(sql, params).fetchall()
+def query(proxy, sql: str, **params) -> list[tuple]:
+    """Rows from an instance's own state database (SQLite or PostgreSQL), as it wrote them."""
+    return run_sql(proxy.database_url, sql, **params)
 
 
 def wait_for(condition, what: str, timeout: float = 60.0) -> None:
@@ -64,17 +62,18 @@ def pipeline_of(proxy):
 
 
 def stored(proxy, peer: str, verdict: str = "clean") -> int:
-    return query(proxy, "SELECT count(*) FROM federation_attestations WHERE peer = ? AND verdict = ? AND NOT revoked",
-                 peer, verdict)[0][0]
+    return query(proxy, "SELECT count(*) FROM federation_attestations WHERE peer = :peer AND verdict = :verdict "
+                 "AND NOT revoked", peer=peer, verdict=verdict)[0][0]
 
 
 class Fleet:
     """Starts instances with their own key, bucket, database and quarantine."""
 
-    def __init__(self, proxy_factory, test_pack_path: Path, tmp_path: Path) -> None:
+    def __init__(self, proxy_factory, test_pack_path: Path, tmp_path: Path, new_database) -> None:
         self.factory = proxy_factory
         self.pack = test_pack_path
         self.tmp = tmp_path
+        self.new_database = new_database
         self.keys: dict[str, SigningKey] = {}
 
     def key_file(self, name: str) -> Path:
@@ -94,15 +93,18 @@ class Fleet:
             lines += [f"[federation.peers.{peer}]", f'url = "{proxy.endpoint}"',
                       f'key = "{key_line or self.keys[peer].public.line}"', f"trust = {json.dumps(list(trust))}"]
         screening = f'policy = "{policy_file}"' + (f'\nblock_lists = ["{block_lists}"]' if block_lists else "")
+        database_url = self.new_database()
         proxy = self.factory(pipeline=True, inference=f'mode = "in-process"\npacks = ["{self.pack}"]',
-                             screening=screening, server=server, extra="\n".join(lines) + "\n")
+                             screening=screening, server=server, extra="\n".join(lines) + "\n",
+                             database_url=database_url)
         proxy.name = name
+        proxy.database_url = database_url
         return proxy
 
 
 @pytest.fixture
-def fleet(proxy_factory, test_pack_path: Path, tmp_path: Path) -> Fleet:
-    return Fleet(proxy_factory, test_pack_path, tmp_path)
+def fleet(proxy_factory, test_pack_path: Path, tmp_path: Path, new_database) -> Fleet:
+    return Fleet(proxy_factory, test_pack_path, tmp_path, new_database)
 
 
 def put(proxy, key: str, data: bytes) -> None:
