@@ -1,13 +1,15 @@
-"""Screening end to end: moto, the proxy with its pipeline, the `test` pack, pict-rs emulation and boto3."""
+"""Screening end to end: moto, the proxy with its pipeline, the `test` pack, pict-rs emulation and boto3.
+
+Quarantine, evidence chain, verdict cache and multipart state live in the proxy's state database: every test runs
+with it on SQLite and on a real PostgreSQL (`database_url`); the commands run in this process (run_cli).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
-import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import botocore.exceptions
@@ -21,6 +23,8 @@ from inference.engine import Engine
 from proxy.demo.pictrs_client import PictrsClient, PictrsError
 from proxy.screening.hashing import pdq_hash
 from proxy.screening.testimage import generate_png
+from tests.support.cli import run_cli
+from tests.support.postgres import run_sql
 from tests.support.proxy import CLIENT_BUCKET, CLIENTS, PICTRS_KEY
 
 MIB = 1024 * 1024
@@ -49,7 +53,7 @@ def reencodings() -> dict[str, tuple[bytes, str]]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=120)
+    return run_cli(*args)
 
 
 def items(config: Path) -> list[dict]:
@@ -67,7 +71,7 @@ def pictrs(proxy, generation: str = "header") -> PictrsClient:
 
 
 @pytest.fixture
-def screening_proxy(proxy_factory, test_pack_path: Path, tmp_path: Path):
+def screening_proxy(proxy_factory, test_pack_path: Path, tmp_path: Path, database_url: str):
     """The proxy with its real pipeline: the `test` pack in-process, a block list, an allow list."""
     blocked = encode(photo("coffee"), "PNG")
     near_duplicate_source = photo("rocket")
@@ -88,7 +92,9 @@ def screening_proxy(proxy_factory, test_pack_path: Path, tmp_path: Path):
         pipeline=True,
         server='validate_token = "validate-secret"',
         inference=f'mode = "in-process"\npacks = ["{test_pack_path}"]\nprovider = "cpu"',
-        screening=f'policy = "{policy}"\nblock_lists = ["{block}"]\nallow_lists = ["{allow}"]')
+        screening=f'policy = "{policy}"\nblock_lists = ["{block}"]\nallow_lists = ["{allow}"]',
+        database_url=database_url)
+    proxy.database_url = database_url
     proxy.samples = {"blocked": blocked, "near": encode(near_duplicate_source.resize((448, 299)), "JPEG", quality=70),
                      "allowed": allowed}
     return proxy
@@ -176,15 +182,14 @@ def test_tampering_with_evidence_is_named(screening_proxy) -> None:
             client.put(f"t/{name}", data, mime)
     config = screening_proxy.config_path
     assert cli("evidence", "verify", "--config", str(config)).returncode == 0
-    database = config.parent / "state.db"
-    with sqlite3.connect(database) as conn:
-        conn.execute("UPDATE evidence_records SET key = 'innocent.png' WHERE seq = 2")
+    run_sql(screening_proxy.database_url, "UPDATE evidence_records SET key = 'innocent.png' WHERE seq = 2")
     result = cli("evidence", "verify", "--config", str(config))
     assert result.returncode == 1
     assert "2" in (result.stdout + result.stderr) and "changed" in (result.stdout + result.stderr)
 
 
-def test_policy_rule_over_detector_signals_quarantines(proxy_factory, test_pack_path: Path, tmp_path: Path) -> None:
+def test_policy_rule_over_detector_signals_quarantines(proxy_factory, test_pack_path: Path, tmp_path: Path,
+                                                       database_url: str) -> None:
     """A detector-driven hit: a rule over a signal of the test pack, with a threshold this image crosses."""
     target, other = encode(photo("horse"), "PNG"), encode(photo("astronaut"), "PNG")
 
@@ -203,7 +208,7 @@ def test_policy_rule_over_detector_signals_quarantines(proxy_factory, test_pack_
     policy.write_text(f'[[rule]]\nname = "detector-hit"\nwhen = {{ clip_underage_margin = "{op} {margin}" }}\n'
                       'action = "quarantine"\ncategory = "test-detector"\n')
     proxy = proxy_factory(pipeline=True, inference=f'mode = "in-process"\npacks = ["{test_pack_path}"]',
-                          screening=f'policy = "{policy}"')
+                          screening=f'policy = "{policy}"', database_url=database_url)
     s3 = proxy.client()
     with pytest.raises(botocore.exceptions.ClientError):
         s3.put_object(Bucket=CLIENT_BUCKET, Key="hit.png", Body=target, ContentType="image/png")
