@@ -4,6 +4,8 @@ The upload is deferred (the detectors are down, `on_unavailable = "defer"`), so 
 before the object is written upstream. A real TCP relay in front of moto holds the PutObject (or drops it),
 and the proxy is a real `bucketguard serve` where it must be killed. Every test is judged by what is really in
 the bucket on moto, by the quarantine/evidence the CLI reports and by `bucketguard evidence verify`.
+
+The pending rows live in the state database: every test runs on SQLite and on a real PostgreSQL (`database_url`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import io
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -28,8 +29,18 @@ from botocore.config import Config as BotoConfig
 from PIL import Image
 
 from tests.adversarial.relay import SlowRelay
+from tests.support.cli import run_cli
 from tests.support.moto import S3Server, free_port
-from tests.support.proxy import CLIENT_BUCKET, CLIENTS, PICTRS_KEY, new_bucket, start_subprocess, write_config
+from tests.support.postgres import run_sql
+from tests.support.proxy import (
+    CLIENT_BUCKET,
+    CLIENTS,
+    PICTRS_KEY,
+    new_bucket,
+    start_subprocess,
+    use_database,
+    write_config,
+)
 
 TOKEN = "inference-token"
 #: Any image the detectors look at is caught: a quarantine proves the deferred scan really ran them.
@@ -52,7 +63,7 @@ def relay(moto_server: S3Server) -> Iterator[SlowRelay]:
 
 
 @pytest.fixture
-def world(relay: SlowRelay, moto_server: S3Server, tmp_path: Path):
+def world(relay: SlowRelay, moto_server: S3Server, tmp_path: Path, database_url: str):
     relay.put_delay_s, relay.drop_puts, relay.answer_delay_s = 0.0, False, 0.0
     bucket = new_bucket(moto_server)
     policy = tmp_path / "policy.toml"
@@ -62,12 +73,14 @@ def world(relay: SlowRelay, moto_server: S3Server, tmp_path: Path):
     def config(**screening: object) -> Path:
         lines = "\n".join(f"{k} = {v}" for k, v in {"pending_poll_s": 0.1, "pending_retry_s": 0.2,
                                                       **screening}.items())
-        return write_config(tmp_path, S3Server(relay.endpoint), bucket,
+        path = write_config(tmp_path, S3Server(relay.endpoint), bucket,
                             inference=f'mode = "remote"\nendpoints = ["http://127.0.0.1:{port}"]\n'
                                       f'token = "{TOKEN}"\ntimeout_s = 2\nretries = 0',
                             screening=f'policy = "{policy}"\nscan_timeout_s = 3\n{lines}')
+        use_database(path, database_url)
+        return path
 
-    yield {"bucket": bucket, "port": port, "config": config, "db": tmp_path / "state.db", "tmp": tmp_path}
+    yield {"bucket": bucket, "port": port, "config": config, "db": database_url, "tmp": tmp_path}
     relay.put_delay_s, relay.drop_puts, relay.answer_delay_s = 0.0, False, 0.0
 
 
@@ -113,9 +126,8 @@ def kill_tree(pid: int) -> None:
             os.kill(member, signal.SIGKILL)
 
 
-def pending_rows(db: Path) -> list[tuple[str, str, str]]:
-    with sqlite3.connect(db) as conn:
-        return conn.execute("SELECT key, state, outcome FROM pending_scans ORDER BY id").fetchall()
+def pending_rows(db: str) -> list[tuple[str, str, str]]:
+    return run_sql(db, "SELECT key, state, outcome FROM pending_scans ORDER BY id")
 
 
 def wait_for(condition, timeout: float = 60.0, what: str = ""):
@@ -129,7 +141,7 @@ def wait_for(condition, timeout: float = 60.0, what: str = ""):
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "proxy.cli", *args], capture_output=True, text=True, timeout=120)
+    return run_cli(*args)  # in this process: what the commands report is the subject, not the command as a process
 
 
 def quarantined(config: Path) -> list[dict]:

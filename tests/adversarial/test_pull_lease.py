@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.cli import run_cli
 from tests.support.moto import S3Server
 from tests.support.postgres import run_sql
 from tests.support.proxy import (
@@ -125,8 +126,7 @@ def nothing_refused_landed(proxy: RunningProxy) -> bool:
 
 
 def evidence_verifies(config: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "proxy.cli", "evidence", "verify", "--config", str(config)],
-                            capture_output=True, text=True, timeout=60)
+    result = run_cli("evidence", "verify", "--config", str(config))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
