@@ -38,7 +38,8 @@ def png(name: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def review_proxy(moto_server, test_pack_path: Path, tmp_path_factory: pytest.TempPathFactory):
-    """One proxy for the module (its tests compare evidence counts before and after what they do)."""
+    """One proxy for the module (its tests compare evidence counts before and after what they do). On SQLite only:
+    its tests are about access and the page in a browser; the summary test below runs on both databases."""
     tmp_path = tmp_path_factory.mktemp("review")
     images = {name: png(name) for name in CANDIDATES}
 
@@ -214,13 +215,14 @@ async def test_thumbnails_stay_bounded_in_memory(tmp_path: Path) -> None:
         thumbnails.render(SpooledBody.from_bytes(b"not an image at all"), reveal=False)
 
 
-def test_summary_counts_catches_deferred_scans_and_the_last_backfill(proxy_factory) -> None:
-    """No detectors: the test image is caught, a photo lands deferred; a dry-run backfill then lists both."""
+def test_summary_counts_catches_deferred_scans_and_the_last_backfill(proxy_factory, database_url: str) -> None:
+    """No detectors: the test image is caught, a photo lands deferred; a dry-run backfill then lists both. The
+    summary's counts are queries over the state database: on SQLite and on PostgreSQL."""
     import json
-    import subprocess
-    import sys
 
-    proxy = proxy_factory(pipeline=True, server=f'admin_token = "{ADMIN_TOKEN}"')
+    from tests.support.cli import run_cli
+
+    proxy = proxy_factory(pipeline=True, server=f'admin_token = "{ADMIN_TOKEN}"', database_url=database_url)
     s3 = proxy.client()
     with pytest.raises(botocore.exceptions.ClientError):
         s3.put_object(Bucket=CLIENT_BUCKET, Key="media/test.png", Body=generate_png(), ContentType="image/png")
@@ -230,8 +232,7 @@ def test_summary_counts_catches_deferred_scans_and_the_last_backfill(proxy_facto
     assert before["caught_total"] == {"quarantine": 1} and before["caught_today"] == 1
     assert sum(before["pending"].values()) == 1 and before["backfill"] is None
     assert before["by_day"][before["today"]] == {"quarantine": 1}
-    scan = subprocess.run([sys.executable, "-m", "proxy.cli", "scan", "--config", str(proxy.config_path), "--dry-run",
-                           "--json"], capture_output=True, text=True, timeout=120)
+    scan = run_cli("scan", "--config", str(proxy.config_path), "--dry-run", "--json")
     assert scan.returncode == 0, scan.stderr
     report = json.loads(scan.stdout)
     after = httpx.get(f"{proxy.endpoint}/admin/summary", headers=auth).json()
