@@ -14,6 +14,9 @@
 (b) and (c) run back to back `--rounds` times, the order flipped each round (a machine shared with other work
 changes speed within a run): (c)/(b) is the median of the rounds' paired ratios.
 Targets: the test pack (cheap detectors): (c) >= 0.8 x (b); a real pack (nsfw-age): (c) >= 0.8 x min((a), (b)).
+For (b) and (c) it also prints where the CPU went per object (Linux /proc): moto's process, this process (every
+thread: the event loop, the engine's threads, the database's), and this process's other children (the decode
+workers). On a CPU-bound box the scan's rate is about the cores over the sum.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -42,6 +47,48 @@ from proxy.config import load_config
 from proxy.demo.servers import CLIENT_BUCKET, start_moto_process
 from proxy.demo.servers import write_proxy_config as write_config
 from proxy.jobs.backfill import Backfill, ScanOptions
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process, 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _children() -> list[int]:
+    pids: list[int] = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as children:
+                pids.extend(int(pid) for pid in children.read().split())
+        except OSError:
+            continue
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds between `start` and `stop` of moto's process, this process, and this process's other children
+    (the decode workers; those that exited and were reaped in between count through RUSAGE_CHILDREN)."""
+
+    def __init__(self, moto_pid: int) -> None:
+        self.moto_pid = moto_pid
+        self.spent = (0.0, 0.0, 0.0)
+        self._started = (0.0, 0.0, 0.0)
+
+    def _sample(self) -> tuple[float, float, float]:
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        others = sum(_proc_cpu(pid) for pid in _children() if pid != self.moto_pid)
+        return _proc_cpu(self.moto_pid), time.process_time(), others + reaped.ru_utime + reaped.ru_stime
+
+    def start(self) -> None:
+        self._started = self._sample()
+
+    def stop(self) -> None:
+        self.spent = tuple(b - a for a, b in zip(self._started, self._sample(), strict=True))  # type: ignore[assignment]
 
 
 def objects(count: int) -> list[bytes]:
@@ -99,7 +146,7 @@ async def pipeline_capacity(config_path: Path, bodies: list[bytes]) -> float:
             await close()
 
 
-async def bare_read(config_path: Path, concurrency: int) -> float:
+async def bare_read(config_path: Path, concurrency: int, meter: CpuMeter | None = None) -> float:
     """List + GET every object with a plain aiobotocore client, `concurrency` GETs in flight."""
     from aiobotocore.session import get_session
 
@@ -118,16 +165,21 @@ async def bare_read(config_path: Path, concurrency: int) -> float:
                 async with response["Body"] as stream:
                     await stream.read()
 
+        if meter:
+            meter.start()
         started = time.perf_counter()
         tasks = []
         async for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
             tasks.extend(asyncio.create_task(get(item["Key"])) for item in page.get("Contents", []))
         await asyncio.gather(*tasks)
-        return len(tasks) / (time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        if meter:
+            meter.stop()
+        return len(tasks) / seconds
 
 
 async def backfill(config_path: Path, concurrency: int, scanners: int = 1,
-                   warm: list[bytes] | None = None) -> tuple[float, int]:
+                   warm: list[bytes] | None = None, meter: CpuMeter | None = None) -> tuple[float, int]:
     """`scanners` scanners sharing one run (one database), each with concurrency / scanners in flight. The
     decode processes are started (the pipeline screens `warm`, bytes not in the bucket) before the clock starts,
     as (a) and (e) are warmed: a scan of millions of objects does not pay that start-up per object."""
@@ -156,9 +208,13 @@ async def backfill(config_path: Path, concurrency: int, scanners: int = 1,
 
             await asyncio.gather(*(pipeline.decide(SpooledBody.from_bytes(body), "image/jpeg", allow_defer=False)
                                    for body in warm))
+        if meter:
+            meter.start()
         started = time.perf_counter()
         reports = await asyncio.gather(*(run.scan() for run in runs))
         seconds = time.perf_counter() - started
+        if meter:
+            meter.stop()
     finally:
         if close:
             await close()
@@ -200,15 +256,18 @@ def main() -> None:
         pipeline_rate = asyncio.run(pipeline_capacity(config, bodies))
         warm = objects(args.objects + 32)[args.objects:]  # other bytes: the verdict cache stays cold
         rounds: list[tuple[float, float]] = []
+        cpu: dict[str, list[tuple[float, float, float]]] = {"read": [], "scan": []}
         count = 0
         for index in range(args.rounds):  # (b) and (c) back to back, the order flipped every round
             rates: dict[str, float] = {}
             for which in ("read", "scan") if index % 2 == 0 else ("scan", "read"):
+                meter = CpuMeter(moto.process.pid)
                 if which == "read":
-                    rates[which] = asyncio.run(bare_read(config, args.concurrency))
+                    rates[which] = asyncio.run(bare_read(config, args.concurrency, meter))
                 else:
                     fresh_database(tmp)  # every scan starts from an empty database (a cold verdict cache)
-                    rates[which], count = asyncio.run(backfill(config, args.concurrency, warm=warm))
+                    rates[which], count = asyncio.run(backfill(config, args.concurrency, warm=warm, meter=meter))
+                cpu[which].append(tuple(seconds * 1000 / args.objects for seconds in meter.spent))  # type: ignore[arg-type]
             rounds.append((rates["read"], rates["scan"]))
         fresh_database(tmp)
         shared_rate, _ = asyncio.run(backfill(config, args.concurrency, scanners=2, warm=warm))
@@ -229,6 +288,11 @@ def main() -> None:
     print(f"scan / capacity (c)/(a): {scan_rate / engine_rate:.2f}   "
           f"scan / bare read (c)/(b): {paired:.2f} (median of the rounds' paired ratios; target >= 0.80, test pack)")
     print(f"scan / pipeline alone (c)/(e): {scan_rate / pipeline_rate:.2f}")
+    for which, label, parts in (("read", "(b) bare read", ("moto", "reader")),
+                                ("scan", "(c) scan", ("moto", "scanner process", "decode workers"))):
+        medians = [statistics.median(spent[i] for spent in cpu[which]) for i in range(3)]
+        split = ", ".join(f"{name} {ms:.2f}" for name, ms in zip(parts, medians, strict=False))
+        print(f"CPU ms per object, {label} (medians of the rounds): {split}; total {sum(medians):.2f}")
     print(f"scan / min(capacity, bare read): {scan_rate / bound:.2f} (target >= 0.80)   "
           f"shared scan / min: {shared_rate / bound:.2f}")
 

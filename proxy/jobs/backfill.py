@@ -114,7 +114,10 @@ class Backfill:
         lister = asyncio.create_task(self._lister())
         try:
             await self.process_all()
-            await lister
+            if lister.done():
+                await lister  # its failure, if it failed
+            # else: another scanner listed, and this one's lister sleeps between its polls (up to 2 s); the
+            # listing is done (process_all ends only then), so nothing is left for it to do
         finally:
             lister.cancel()
         await self.run.finish()
