@@ -136,3 +136,21 @@ def test_the_distance_leaves_the_callers_image_as_it_is() -> None:
     before = image.tobytes()
     robust_distance(image)
     assert image.size == (400, 300) and image.tobytes() == before
+
+
+def test_the_tasks_one_array_per_frame_gives_the_same_distance() -> None:
+    """frame_hashes_here hands the frame's array it made for PDQ to the distance: the same number as without it
+    (a bordered 120 px copy of the test image, within reach, and noise, past it)."""
+    import io
+
+    from PIL import ImageOps
+
+    from proxy.screening.testimage import ROBUST_MAX_DISTANCE, generate_png, still_distance
+
+    copy = Image.open(io.BytesIO(generate_png())).convert("RGB")
+    copy.thumbnail((120, 120))
+    noise = Image.fromarray(np.random.default_rng(1).integers(0, 256, (90, 120, 3), dtype=np.uint8))
+    for frame in (ImageOps.expand(copy, 6, "white"), noise):
+        alone = still_distance(frame)
+        assert alone is not None and still_distance(frame, np.asarray(frame)) == alone
+    assert still_distance(ImageOps.expand(copy, 6, "white"), None) <= ROBUST_MAX_DISTANCE

@@ -110,18 +110,25 @@ def hash_bytes(data: bytes) -> Hashes:
 
 def _dihedral_rule() -> tuple[np.ndarray, np.ndarray]:
     """How PDQ turns its 16x16 DCT into the DCTs of the eight dihedral variants, in `pdqhash.compute_dihedral`'s
-    order (as is, rotated 90/180/270, flipped along x, y, the main and the other diagonal): a sign per
-    coefficient (-1 where the coefficient's row, column or both are odd or even as the variant asks) and whether
-    the matrix is transposed."""
+    order (as is, rotated 90/180/270, flipped along x, y, the main and the other diagonal): each coefficient
+    keeps its value or is negated (where its row, column or both are odd or even, as the variant asks), and the
+    rotations by 90/270 and the diagonal flips transpose the matrix. As one gather: value m of a variant's row,
+    written as its hash's bits are (bit 255 first), is sign x coefficient at index `gather` of the DCT as
+    `pdqhash.compute_float` gives it (flattened row by row, then reversed)."""
     rows, columns = np.indices((16, 16))
     odd_sum, even_row, even_column = (rows + columns) % 2 == 1, rows % 2 == 0, columns % 2 == 0
     none = np.zeros((16, 16), dtype=bool)
-    flips = (none, even_column, odd_sum, even_row, even_row, even_column, none, odd_sum)
-    transposed = np.array([False, True, False, True, False, False, True, True])
-    return np.where(np.stack(flips), -1.0, 1.0), transposed
+    negated = np.stack((none, even_column, odd_sum, even_row, even_row, even_column, none, odd_sum))
+    transposed = np.array([False, True, False, True, False, False, True, True])[:, None, None]
+    # where each coefficient (i, j) lands in its variant's bit string: bit i*16+j, or j*16+i once transposed
+    landing = (255 - np.where(transposed, columns * 16 + rows, rows * 16 + columns)).reshape(8, 256)
+    gather, signs = np.empty((8, 256), dtype=np.intp), np.empty((8, 256))
+    np.put_along_axis(gather, landing, np.broadcast_to(255 - (rows * 16 + columns).ravel(), (8, 256)), axis=1)
+    np.put_along_axis(signs, landing, np.where(negated, -1.0, 1.0).reshape(8, 256), axis=1)
+    return gather, signs
 
 
-_DIHEDRAL_SIGNS, _DIHEDRAL_TRANSPOSED = _dihedral_rule()
+_DIHEDRAL_GATHER, _DIHEDRAL_SIGNS = _dihedral_rule()
 
 
 def _pdq_variants(frame: Any) -> tuple[Pdq, ...]:
@@ -138,12 +145,9 @@ def _pdq_variants(frame: Any) -> tuple[Pdq, ...]:
         vectors, quality = pdqhash.compute_dihedral(pixels)
         return tuple(Pdq(np.packbits(np.asarray(v, dtype=np.uint8)).tobytes().hex(), int(quality)) for v in vectors)
     reversed_dct, quality = pdqhash.compute_float(pixels)
-    variants = _DIHEDRAL_SIGNS * np.asarray(reversed_dct)[::-1].reshape(16, 16)
-    variants[_DIHEDRAL_TRANSPOSED] = variants[_DIHEDRAL_TRANSPOSED].transpose(0, 2, 1)
-    flat = variants.reshape(8, 256)
-    bits = flat > np.partition(flat, 127, axis=1)[:, 127:128]
-    # bit i*16+j of a hash is coefficient (i, j); its hex is written from bit 255 down
-    return tuple(Pdq(packed.tobytes().hex(), int(quality)) for packed in np.packbits(bits[:, ::-1], axis=1))
+    values = _DIHEDRAL_SIGNS * np.asarray(reversed_dct)[_DIHEDRAL_GATHER]
+    bits = values > np.partition(values, 127, axis=1)[:, 127:128]
+    return tuple(Pdq(packed.tobytes().hex(), int(quality)) for packed in np.packbits(bits, axis=1))
 
 
 def frame_hashes_here(data: bytes) -> FrameHashes:
@@ -152,9 +156,14 @@ def frame_hashes_here(data: bytes) -> FrameHashes:
     media = decode(data, None, PDQ_LIMITS, _TARGET)
     if media.undecodable:
         return FrameHashes(False, "none", media.reason, over_budget=media.over_budget)
-    distance = still_distance(media.frames[0]) if media.kind == "image" else None
-    return FrameHashes(True, media.kind, "", tuple(_pdq_variants(frame) for frame in media.frames),
-                       test_distance=distance)
+    variants: list[tuple[Pdq, ...]] = []
+    distance: float | None = None
+    for index, frame in enumerate(media.frames):
+        pixels = np.asarray(frame, dtype=np.uint8)  # one array of the frame, for its PDQ and a still's distance
+        variants.append(_pdq_variants(pixels))
+        if index == 0 and media.kind == "image":
+            distance = still_distance(frame, pixels)
+    return FrameHashes(True, media.kind, "", tuple(variants), test_distance=distance)
 
 
 def frames_and_media_here(data: bytes, detectors: DecodeSpec) -> tuple[FrameHashes, Media | None]:

@@ -182,10 +182,10 @@ def trim_box(pixels: np.ndarray) -> tuple[int, int, int, int]:
     return left, top, right, bottom
 
 
-def trim_borders(image: Image.Image) -> Image.Image:
-    """The image without its uniform borders (see `trim_box`)."""
+def trim_borders(image: Image.Image, pixels: np.ndarray | None = None) -> Image.Image:
+    """The image without its uniform borders (see `trim_box`); `pixels`: its RGB array, when the caller has it."""
     image = _rgb(image)
-    box = trim_box(np.asarray(image))
+    box = trim_box(np.asarray(image) if pixels is None else pixels)
     return image.crop(box) if box != (0, 0, *image.size) else image
 
 
@@ -207,14 +207,18 @@ def _coarse_references(rows: int, columns: int) -> np.ndarray:
     return np.ascontiguousarray(_coarse(_reference_layouts(), rows, columns).T)
 
 
-def robust_distance(image: Image.Image, *, exact_up_to: float = math.inf) -> float:
+def robust_distance(image: Image.Image, *, exact_up_to: float = math.inf, pixels: np.ndarray | None = None) -> float:
     """How far an image is from the test image (or any crop of it up to 12% a side), after trimming borders:
-    the exact minimum when it is at most `exact_up_to`, else a lower bound that is larger than `exact_up_to`."""
+    the exact minimum when it is at most `exact_up_to`, else a lower bound that is larger than `exact_up_to`.
+    `pixels`: the RGB image's pixels (height x width x 3, uint8) when the caller has them already."""
     work = _rgb(image)
+    if work is not image or (pixels is not None and pixels.shape != (work.height, work.width, 3)):
+        pixels = None
     if max(work.size) > _WORK_SIDE:
         work = work.copy() if work is image else work  # the caller's image stays as it is
         work.thumbnail((_WORK_SIDE, _WORK_SIDE), Image.Resampling.BOX)
-    query = layout(trim_borders(work))
+        pixels = None
+    query = layout(trim_borders(work, pixels))
     references = _reference_layouts()
     if math.isinf(exact_up_to):
         return float(np.abs(references - query).mean(axis=1).min())
@@ -234,12 +238,12 @@ def robust_distance(image: Image.Image, *, exact_up_to: float = math.inf) -> flo
     return min(floor, float(np.abs((references if crops is None else references[crops]) - query).mean(axis=1).min()))
 
 
-def still_distance(frame: Image.Image) -> float | None:
-    """The distance of one decoded still (a frame from inference.media), exact up to `ROBUST_EXACT_UP_TO`; None
-    when it is too small to be looked at."""
+def still_distance(frame: Image.Image, pixels: np.ndarray | None = None) -> float | None:
+    """The distance of one decoded still (a frame from inference.media; `pixels`: its RGB array if already made),
+    exact up to `ROBUST_EXACT_UP_TO`; None when it is too small to be looked at."""
     if min(frame.size) < ROBUST_MIN_SIDE:
         return None
-    return robust_distance(frame, exact_up_to=ROBUST_EXACT_UP_TO)
+    return robust_distance(frame, exact_up_to=ROBUST_EXACT_UP_TO, pixels=pixels)
 
 
 def is_test_image(distance: float | None) -> bool:
