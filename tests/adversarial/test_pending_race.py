@@ -2,21 +2,23 @@
 
 The upload is deferred (the detectors are down, `on_unavailable = "defer"`), so its pending row is written
 before the object is written upstream. A real TCP relay in front of moto holds the PutObject (or drops it),
-and the proxy is a real `bucketguard serve` where it must be killed. Every test is judged by what is really in
-the bucket on moto, by the quarantine/evidence the CLI reports and by `bucketguard evidence verify`.
+and the proxy is a real `bucketguard serve` where it must be killed (elsewhere the same app and inference
+service run in this process, uvicorn in a thread: no interpreter to start). Every test is judged by what is
+really in the bucket on moto, by the quarantine/evidence the CLI reports and by `bucketguard evidence verify`.
 
 The pending rows live in the state database: every test runs on SQLite and on a real PostgreSQL (`database_url`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +30,11 @@ import pytest
 from botocore.config import Config as BotoConfig
 from PIL import Image
 
+from inference.engine import Engine
+from inference.service import create_inference_app
+from proxy.app import build_app
+from proxy.config import load_config
+from proxy.demo.servers import serve_in_thread
 from tests.adversarial.relay import SlowRelay
 from tests.support.cli import run_cli
 from tests.support.moto import S3Server, free_port
@@ -36,7 +43,9 @@ from tests.support.proxy import (
     CLIENT_BUCKET,
     CLIENTS,
     PICTRS_KEY,
+    RunningProxy,
     new_bucket,
+    start_in_process,
     start_subprocess,
     use_database,
     write_config,
@@ -155,23 +164,24 @@ def assert_chain_verifies(config: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def start_inference(pack: Path, port: int) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, "-m", "proxy.cli", "inference", "serve", "--pack", str(pack),
-                                "--listen", f"127.0.0.1:{port}", "--token", TOKEN, "--provider", "cpu"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for(lambda: _ready(port), timeout=60, what="the inference service")
-    except AssertionError:
-        process.kill()
-        raise
-    return process
+def start_here(config: Path, moto_server: S3Server, bucket: str) -> RunningProxy:
+    """The proxy's app (build_app, as `bucketguard serve` runs it) in this process, where nothing kills it."""
+    loaded = load_config(config)
+    return start_in_process(loaded, moto_server, bucket, config, app=build_app(loaded))
 
 
-def _ready(port: int) -> bool:
+@contextlib.contextmanager
+def inference_service(pack: Path, port: int) -> Iterator[None]:
+    """The inference service (the app `bucketguard inference serve` runs) on `port`, in this process, up and
+    answering /readyz when this returns."""
+    engine = Engine.from_packs([pack])
+    endpoint, stop = serve_in_thread(create_inference_app(engine, TOKEN), port=port)
     try:
-        return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+        assert httpx.get(f"{endpoint}/readyz", timeout=10).status_code == 200
+        yield
+    finally:
+        stop()
+        asyncio.run(engine.close())
 
 
 def test_a_slow_write_is_scanned_once_it_lands_never_closed_as_gone(world, relay, moto_server,
@@ -179,8 +189,8 @@ def test_a_slow_write_is_scanned_once_it_lands_never_closed_as_gone(world, relay
     """The worker polls every 0.1 s while the upstream holds the PUT for 4 s: before the fix it took the row,
     got NoSuchKey, closed it as "gone", and the object landed unscanned (3 of 3 tries)."""
     config = world["config"](pending_confirm_s=600)  # only the front's confirmation can start the scan
-    proxy = start_subprocess(config, moto_server, world["bucket"])
-    service = None
+    proxy = start_here(config, moto_server, world["bucket"])
+    service = contextlib.ExitStack()
     try:
         relay.put_delay_s = 4.0
         thread, result = put_in_background(proxy.endpoint, "slow.png", photo(1))
@@ -188,7 +198,7 @@ def test_a_slow_write_is_scanned_once_it_lands_never_closed_as_gone(world, relay
         time.sleep(1.0)  # several polls of the worker while the write is held
         assert moto_server.keys(world["bucket"]) == [], "the relay still holds the write"
         assert [r[1] for r in pending_rows(world["db"])] == ["unconfirmed"], "not taken before it landed"
-        service = start_inference(test_pack_path, world["port"])
+        service.enter_context(inference_service(test_pack_path, world["port"]))
         thread.join(60)
         relay.put_delay_s = 0.0
         assert "etag" in result, result.get("error")
@@ -201,14 +211,12 @@ def test_a_slow_write_is_scanned_once_it_lands_never_closed_as_gone(world, relay
     finally:
         relay.put_delay_s = 0.0
         proxy.stop()
-        if service is not None:
-            service.terminate()
-            service.wait(10)
+        service.close()
 
 
 def test_proxy_killed_before_confirming_then_detectors_never_answer(world, relay, moto_server) -> None:
     """kill -9 after the write landed but before its answer came back (the relay holds the answer): the row is
-    unconfirmed. The restarted proxy
+    unconfirmed. The restarted proxy (this time in this process)
     finds it by the confirm deadline; the detectors never answer, so after a bounded number of attempts it
     ends flagged for review with an evidence record, not retried for ever."""
     config = world["config"](pending_confirm_s=8, pending_max_attempts=3)  # longer than the held answer
@@ -225,7 +233,7 @@ def test_proxy_killed_before_confirming_then_detectors_never_answer(world, relay
         relay.answer_delay_s = 0.0
         assert "error" in result, "the client never saw a success"
         assert [r[1] for r in pending_rows(world["db"])] == ["unconfirmed"]
-        proxy = start_subprocess(config, moto_server, world["bucket"])
+        proxy = start_here(config, moto_server, world["bucket"])
         rows = wait_for(lambda: [r for r in pending_rows(world["db"]) if r[1] == "done"], timeout=60,
                         what="the row to end after its attempts")
         assert rows[0][0] == "orphan.png" and rows[0][2].startswith("flagged: deferred scan gave up after 3 attempts")
@@ -239,11 +247,13 @@ def test_proxy_killed_before_confirming_then_detectors_never_answer(world, relay
         proxy.stop()
 
 
-def test_a_write_that_never_lands_is_reported_missing_not_closed(world, relay, moto_server) -> None:
+def test_a_write_that_never_lands_is_reported_missing_not_closed(world, relay, moto_server,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
     """The upstream drops the PutObject: nothing lands; the row is looked at until its deadline, then ends
     `missing` with a warning, never `done`."""
     config = world["config"](pending_confirm_s=0.5, pending_missing_s=3)
-    proxy = start_subprocess(config, moto_server, world["bucket"])
+    caplog.set_level(logging.WARNING, logger="bucketguard.pending")
+    proxy = start_here(config, moto_server, world["bucket"])
     try:
         relay.drop_puts = True
         thread, result = put_in_background(proxy.endpoint, "lost.png", photo(3))
@@ -255,6 +265,7 @@ def test_a_write_that_never_lands_is_reported_missing_not_closed(world, relay, m
         assert [(k, s) for k, s, _ in rows] == [("lost.png", "missing")]
         assert "never confirmed written" in rows[0][2]
         assert moto_server.keys(world["bucket"]) == []
-        assert "lost.png" in proxy.log() and "not scanned" in proxy.log()
+        warned = [r.getMessage() for r in caplog.records if r.name == "bucketguard.pending"]
+        assert any("lost.png" in m and "not scanned" in m for m in warned), warned
     finally:
         proxy.stop()
