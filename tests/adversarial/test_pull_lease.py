@@ -1,8 +1,9 @@
 """Pull mode, who may decide (issue 9, who may do what): a worker with a valid token posts results for jobs it
 does not hold, never leased, or held once but lost to another worker. Only the worker holding the job's
-current lease (its lease token) decides; the others get 409 and change nothing. Real `bucketguard serve` in
-pull mode, raw HTTP posts as the attacking worker sends them, a real `bucketguard inference worker`; judged
-by the bucket on moto, the job rows and `bucketguard evidence verify`.
+current lease (its lease token) decides; the others get 409 and change nothing. The proxy's app in pull mode
+(build_app, as `bucketguard serve` runs it, in this process), raw HTTP posts as the attacking worker sends them,
+a real `bucketguard inference worker` process; judged by the bucket on moto, the job rows and
+`bucketguard evidence verify`.
 
 The leases live in the state database: the module runs on SQLite and on a real PostgreSQL, one proxy per engine
 shared by its tests (each test uploads its own key and reads its own job)."""
@@ -22,6 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from proxy.app import build_app
+from proxy.config import load_config
 from tests.support.cli import run_cli
 from tests.support.moto import S3Server
 from tests.support.postgres import run_sql
@@ -29,7 +32,7 @@ from tests.support.proxy import (
     CLIENT_BUCKET,
     RunningProxy,
     new_bucket,
-    start_subprocess,
+    start_in_process,
     use_database,
     write_config,
 )
@@ -60,7 +63,8 @@ def pull(moto_server: S3Server, tmp_path_factory: pytest.TempPathFactory, module
                           inference='mode = "pull"\nlease_s = 2',
                           screening=f'policy = "{policy}"\nscan_timeout_s = 25')
     use_database(config, module_database_url)
-    proxy = start_subprocess(config, moto_server, bucket)
+    loaded = load_config(config)
+    proxy = start_in_process(loaded, moto_server, bucket, config, app=build_app(loaded))
     yield proxy, module_database_url, config
     proxy.stop()
 
