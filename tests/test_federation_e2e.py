@@ -9,6 +9,7 @@ with every instance on SQLite, then with every instance on a real PostgreSQL (`n
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import subprocess
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.slow  # several proxies with in-process detectors per t
 POLICY = 'on_undecodable = "reject"\n[[rule]]\nname = "nudity"\nwhen = { nsfw = ">= 0.9" }\naction = "flag"\n'
 
 
+@functools.cache  # the same few photographs in every run: encoded once
 def encode(name: str, fmt: str = "PNG", size: tuple[int, int] | None = None, **kwargs) -> bytes:
     image = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
     if size:
