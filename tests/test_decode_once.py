@@ -171,3 +171,28 @@ def test_a_peers_attestations_found_early_skip_the_detectors_decode(engine: Engi
     assert asyncio.run(detector_media([{"peer": "a", "att_id": "1"}])) is None
     assert asyncio.run(detector_media(None)) is not None
     assert asyncio.run(detector_media([])) is not None
+
+
+def test_the_pool_sends_large_bodies_wears_out_workers_and_never_runs_a_cancelled_task(tmp_path: Path) -> None:
+    """The decode pool's own transport (one pipe per worker): a body over what the caller writes itself goes by the
+    sender thread and comes back decoded as in-process; a worker is replaced after max_tasks; a waiting task
+    cancelled never runs, a running one cancelled is killed with its worker; nothing is left in flight."""
+    import os
+    import time
+
+    pool = DecodePool(1, DecodeLimits(max_tasks=2, wall_seconds=60))
+    try:
+        big = still("PNG", (1500, 1500), seed=5)
+        assert len(big) > DecodePool.INLINE_BYTES
+        assert pool.call(frame_hashes_here, big) == frame_hashes_here(big)
+        first = pool.call(os.getpid)  # its second task: worn out after it
+        second = pool.call(os.getpid)
+        running = pool.submit(time.sleep, 60)
+        marker = tmp_path / "ran"
+        waiting = pool.submit(os.mkdir, str(marker))
+        assert waiting.cancel() and running.cancel()
+        third = pool.call(os.getpid)
+        assert len({first, second, third, os.getpid()}) == 4
+        assert not marker.exists() and pool.in_flight == 0 and pool.submitted == 6
+    finally:
+        pool.close()
