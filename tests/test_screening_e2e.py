@@ -7,6 +7,7 @@ with it on SQLite and on a real PostgreSQL (`database_url`); the commands run in
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import subprocess
@@ -40,6 +41,7 @@ def photo(name: str) -> Image.Image:
     return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
 
 
+@functools.cache
 def reencodings() -> dict[str, tuple[bytes, str]]:
     """The test image as pict-rs would store it: lower-quality JPEG and WebP, resized to 70%."""
     original = Image.open(io.BytesIO(generate_png()))
@@ -70,17 +72,25 @@ def pictrs(proxy, generation: str = "header") -> PictrsClient:
     return PictrsClient(proxy.endpoint, CLIENT_BUCKET, PICTRS_KEY, CLIENTS[PICTRS_KEY], generation=generation)
 
 
+@functools.cache  # the same bytes for every proxy: encoded and hashed once
+def samples() -> tuple[dict[str, bytes], str]:
+    """The block-listed, near-duplicate and allow-listed uploads, and the PDQ hash the block list holds."""
+    near_duplicate_source = photo("rocket")
+    near = encode(near_duplicate_source.resize((448, 299)), "JPEG", quality=70)
+    data = {"blocked": encode(photo("coffee"), "PNG"), "near": near, "allowed": encode(photo("chelsea"), "PNG")}
+    return data, pdq_hash(encode(near_duplicate_source, "PNG")).hash_hex
+
+
 @pytest.fixture
 def screening_proxy(proxy_factory, test_pack_path: Path, tmp_path: Path, database_url: str):
     """The proxy with its real pipeline: the `test` pack in-process, a block list, an allow list."""
-    blocked = encode(photo("coffee"), "PNG")
-    near_duplicate_source = photo("rocket")
-    allowed = encode(photo("chelsea"), "PNG")
+    data, pdq_hex = samples()
+    blocked, allowed = data["blocked"], data["allowed"]
     import hashlib
 
     block = tmp_path / "block.txt"
     block.write_text(f"# operator block list\nsha256:{hashlib.sha256(blocked).hexdigest()} known-bad\n"
-                     f"pdq:{pdq_hash(encode(near_duplicate_source, 'PNG')).hash_hex} known-bad-perceptual\n")
+                     f"pdq:{pdq_hex} known-bad-perceptual\n")
     allow = tmp_path / "allow.txt"
     allow.write_text(f"sha256:{hashlib.sha256(allowed).hexdigest()} reviewed-ok\n")
     # The test pack's scores mean nothing, so this policy has no rule over them (the default's clip-csam
@@ -95,8 +105,7 @@ def screening_proxy(proxy_factory, test_pack_path: Path, tmp_path: Path, databas
         screening=f'policy = "{policy}"\nblock_lists = ["{block}"]\nallow_lists = ["{allow}"]',
         database_url=database_url)
     proxy.database_url = database_url
-    proxy.samples = {"blocked": blocked, "near": encode(near_duplicate_source.resize((448, 299)), "JPEG", quality=70),
-                     "allowed": allowed}
+    proxy.samples = data
     return proxy
 
 
