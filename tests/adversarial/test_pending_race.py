@@ -32,8 +32,6 @@ from PIL import Image
 
 from inference.engine import Engine
 from inference.service import create_inference_app
-from proxy.app import build_app
-from proxy.config import load_config
 from proxy.demo.servers import serve_in_thread
 from tests.adversarial.relay import SlowRelay
 from tests.support.cli import run_cli
@@ -43,9 +41,7 @@ from tests.support.proxy import (
     CLIENT_BUCKET,
     CLIENTS,
     PICTRS_KEY,
-    RunningProxy,
     new_bucket,
-    start_in_process,
     start_subprocess,
     use_database,
     write_config,
@@ -72,7 +68,7 @@ def relay(moto_server: S3Server) -> Iterator[SlowRelay]:
 
 
 @pytest.fixture
-def world(relay: SlowRelay, moto_server: S3Server, tmp_path: Path, database_url: str):
+def world(relay: SlowRelay, moto_server: S3Server, tmp_path: Path, database_url: str, proxy_factory):
     relay.put_delay_s, relay.drop_puts, relay.answer_delay_s = 0.0, False, 0.0
     bucket = new_bucket(moto_server)
     policy = tmp_path / "policy.toml"
@@ -89,7 +85,10 @@ def world(relay: SlowRelay, moto_server: S3Server, tmp_path: Path, database_url:
         use_database(path, database_url)
         return path
 
-    yield {"bucket": bucket, "port": port, "config": config, "db": database_url, "tmp": tmp_path}
+    def here(config: Path):  # the proxy's app (build_app, as `bucketguard serve` runs it) in this process
+        return proxy_factory(config_path=config, real_bucket=bucket, pipeline=True)
+
+    yield {"bucket": bucket, "port": port, "config": config, "db": database_url, "tmp": tmp_path, "here": here}
     relay.put_delay_s, relay.drop_puts, relay.answer_delay_s = 0.0, False, 0.0
 
 
@@ -164,12 +163,6 @@ def assert_chain_verifies(config: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def start_here(config: Path, moto_server: S3Server, bucket: str) -> RunningProxy:
-    """The proxy's app (build_app, as `bucketguard serve` runs it) in this process, where nothing kills it."""
-    loaded = load_config(config)
-    return start_in_process(loaded, moto_server, bucket, config, app=build_app(loaded))
-
-
 @contextlib.contextmanager
 def inference_service(pack: Path, port: int) -> Iterator[None]:
     """The inference service (the app `bucketguard inference serve` runs) on `port`, in this process, up and
@@ -189,7 +182,7 @@ def test_a_slow_write_is_scanned_once_it_lands_never_closed_as_gone(world, relay
     """The worker polls every 0.1 s while the upstream holds the PUT for 4 s: before the fix it took the row,
     got NoSuchKey, closed it as "gone", and the object landed unscanned (3 of 3 tries)."""
     config = world["config"](pending_confirm_s=600)  # only the front's confirmation can start the scan
-    proxy = start_here(config, moto_server, world["bucket"])
+    proxy = world["here"](config)
     service = contextlib.ExitStack()
     try:
         relay.put_delay_s = 4.0
@@ -219,11 +212,11 @@ def test_proxy_killed_before_confirming_then_detectors_never_answer(world, relay
     unconfirmed. The restarted proxy (this time in this process)
     finds it by the confirm deadline; the detectors never answer, so after a bounded number of attempts it
     ends flagged for review with an evidence record, not retried for ever."""
-    config = world["config"](pending_confirm_s=8, pending_max_attempts=3)  # longer than the held answer
+    config = world["config"](pending_confirm_s=6.5, pending_max_attempts=3)  # longer than the held answer
     proxy = start_subprocess(config, moto_server, world["bucket"])
     data = photo(2)
     try:
-        relay.answer_delay_s = 5.0
+        relay.answer_delay_s = 3.5
         thread, result = put_in_background(proxy.endpoint, "orphan.png", data)
         wait_for(lambda: moto_server.keys(world["bucket"]) == ["orphan.png"], timeout=30,
                  what="the write to land upstream")
@@ -233,7 +226,7 @@ def test_proxy_killed_before_confirming_then_detectors_never_answer(world, relay
         relay.answer_delay_s = 0.0
         assert "error" in result, "the client never saw a success"
         assert [r[1] for r in pending_rows(world["db"])] == ["unconfirmed"]
-        proxy = start_here(config, moto_server, world["bucket"])
+        proxy = world["here"](config)
         rows = wait_for(lambda: [r for r in pending_rows(world["db"]) if r[1] == "done"], timeout=60,
                         what="the row to end after its attempts")
         assert rows[0][0] == "orphan.png" and rows[0][2].startswith("flagged: deferred scan gave up after 3 attempts")
@@ -253,7 +246,7 @@ def test_a_write_that_never_lands_is_reported_missing_not_closed(world, relay, m
     `missing` with a warning, never `done`."""
     config = world["config"](pending_confirm_s=0.5, pending_missing_s=3)
     caplog.set_level(logging.WARNING, logger="bucketguard.pending")
-    proxy = start_here(config, moto_server, world["bucket"])
+    proxy = world["here"](config)
     try:
         relay.drop_puts = True
         thread, result = put_in_background(proxy.endpoint, "lost.png", photo(3))
