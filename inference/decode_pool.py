@@ -264,6 +264,9 @@ class DecodePool:
             worker.process.join(timeout=5)
             self._replace(worker, WorkerDied(worker.process.exitcode))
             return
+        except Exception as exc:  # a reply that does not unpickle here: that task fails, its worker is replaced
+            self._replace(worker, exc)
+            return
         with self._lock:
             task, worker.task = worker.task, None
             usable = not worker.killed

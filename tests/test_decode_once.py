@@ -173,10 +173,22 @@ def test_a_peers_attestations_found_early_skip_the_detectors_decode(engine: Engi
     assert asyncio.run(detector_media([])) is not None
 
 
+class _Unreadable:
+    """Pickles in a worker, fails to unpickle in the parent (int("not a number"))."""
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return int, ("not a number",)
+
+
+def unreadable_reply() -> _Unreadable:
+    return _Unreadable()
+
+
 def test_the_pool_sends_large_bodies_wears_out_workers_and_never_runs_a_cancelled_task(tmp_path: Path) -> None:
     """The decode pool's own transport (one pipe per worker): a body over what the caller writes itself goes by the
     sender thread and comes back decoded as in-process; a worker is replaced after max_tasks; a waiting task
-    cancelled never runs, a running one cancelled is killed with its worker; nothing is left in flight."""
+    cancelled never runs, a running one cancelled is killed with its worker; a reply that cannot be read fails
+    its own task only; nothing is left in flight."""
     import os
     import time
 
@@ -193,6 +205,9 @@ def test_the_pool_sends_large_bodies_wears_out_workers_and_never_runs_a_cancelle
         assert waiting.cancel() and running.cancel()
         third = pool.call(os.getpid)
         assert len({first, second, third, os.getpid()}) == 4
-        assert not marker.exists() and pool.in_flight == 0 and pool.submitted == 6
+        with pytest.raises(ValueError):
+            pool.call(unreadable_reply)
+        assert pool.call(os.getpid) not in {first, second, third}
+        assert not marker.exists() and pool.in_flight == 0 and pool.submitted == 8
     finally:
         pool.close()
