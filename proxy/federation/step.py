@@ -74,19 +74,15 @@ class StoredHint:
         return at < len(self.prefixes) and bool(self.prefixes[at] == prefix)
 
     async def refresh(self, store: FederationStore) -> None:
-        """Add the attestations stored since the last refresh (by any process): read a batch at a time, sorted in
-        once (in a thread)."""
-        shas: list[str] = []
-        while len(self.prefixes) + len(shas) < self.MAX_HINT:
+        """Add the attestations stored since the last refresh (by any process)."""
+        while len(self.prefixes) < self.MAX_HINT:
             found = await store.stored_since(self.after, self.BATCH)
             if found is None or not found[0]:
-                break
-            batch, self.after = found
-            shas.extend(batch)
-            if len(batch) < self.BATCH:
-                break
-        if shas:
+                return
+            shas, self.after = found
             self.prefixes = await asyncio.to_thread(_merged, self.prefixes, shas)
+            if len(shas) < self.BATCH:
+                return
 
 
 def _merged(prefixes: np.ndarray, shas: list[str]) -> np.ndarray:
