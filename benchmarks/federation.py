@@ -17,9 +17,7 @@
    federation step plus the reliance record it writes, and that one decode-pool task apart; and the whole
    decision as the proxy makes it (the real Pipeline: every step, the federation step's query started with the
    decision beside the decoding), plus the reliance record, for both sets: its difference less the decode task
-   is what federation itself still puts on an upload's path. And, over more attested bytes, the whole federated
-   decision alternately with the decoding started with the decision (the federation step's hint of stored
-   attestations, as the proxy does) and started after the verdict-cache lookup (no hint).
+   is what federation itself still puts on an upload's path.
 This machine is shared and noisy: read the differences and ratios, not the absolute numbers.
 """
 
@@ -106,17 +104,15 @@ async def ingest(db_url: str, key: SigningKey, pages: list[dict]) -> float:
     return elapsed
 
 
-async def step_costs(db_url: str, policy_file: Path, cached: list[bytes], federated: list[bytes],
-                     others: list[bytes]) -> tuple[list[float], ...]:
+async def step_costs(db_url: str, policy_file: Path, cached: list[bytes], federated: list[bytes]
+                     ) -> tuple[list[float], list[float], list[float], list[float], list[float]]:
     """In-process, the deciding step alone for the same bytes as the uploads: (cache step, federation step plus
     the reliance record it writes, the never-seen bytes' perceptual facts, the whole pipeline for cached bytes,
-    the whole pipeline plus the reliance record for federated bytes, and the same for `others`, more attested
-    bytes, alternately with and without the step's hint: decoding from the start of the decision, or only
-    after the verdict-cache lookup as without a hint). Both deciding steps start from a fresh
-    Facts and pay the one lookup every upload makes; the perceptual facts (computed after the lookup, before the
-    federation step, as in the pipeline) are timed on their own, apart from the federation step. The pipeline's
-    detectors only say which packs they run (so that the cache counts): a call to them fails the run."""
-    from proxy.federation.step import PeerAttestations, StoredHint
+    the whole pipeline plus the reliance record for federated bytes). Both deciding steps start from a fresh
+    Facts and pay the one lookup every upload makes; the perceptual facts are computed before the clock starts
+    for the federation step and timed on their own. The pipeline's detectors only say which packs they run (so
+    that the cache counts): a call to them fails the run."""
+    from proxy.federation.step import PeerAttestations
     from proxy.federation.trust import Rules
     from proxy.screening.cache import VerdictCache
     from proxy.screening.facts import Facts
@@ -140,10 +136,8 @@ async def step_costs(db_url: str, policy_file: Path, cached: list[bytes], federa
         async def screen(self, data: bytes, content_type: str) -> None:
             raise AssertionError("a model was asked to run")
 
-    deciding = PeerAttestations(store, policy, Rules(safe_quorum=1.0), pdq_max_distance=31)
-    await deciding.refresh()  # as the proxy's start does: the block PDQ index and the hint of stored attestations
     pipeline = Pipeline(policy=policy, hashlists=HashLists([], []), cache=cache, detectors=PacksOnly(),  # type: ignore[arg-type]
-                        federation=deciding)
+                        federation=PeerAttestations(store, policy, Rules(safe_quorum=1.0), pdq_max_distance=31))
     whole_cache_s, whole_federation_s = [], []
     for a, b in zip(cached, federated, strict=True):  # pipelines first: the bytes are new to this process
         started = time.perf_counter()
@@ -166,32 +160,22 @@ async def step_costs(db_url: str, policy_file: Path, cached: list[bytes], federa
         cache_s.append(time.perf_counter() - started)
         assert decision is not None and decision.step == "cache"
         facts = Facts(SpooledBody.from_bytes(b), "image/png", cache=cache, policy_version="", allow_defer=True)
+        await facts.lookup()
+        started = time.perf_counter()
+        frames = await facts.frames()  # never seen: decoded in the pool (PDQ x 8 orientations, test-image distance)
+        perceptual_s.append(time.perf_counter() - started)
+        assert frames.decodable and frames.test_distance is not None
+        facts = Facts(SpooledBody.from_bytes(b), "image/png", cache=cache, policy_version="", allow_defer=True)
         started = time.perf_counter()
         await facts.lookup()
-        looked_up = time.perf_counter()
-        frames = await facts.frames()  # never seen: decoded in the pool (PDQ x 8 orientations, test-image distance)
-        decoded = time.perf_counter()
-        perceptual_s.append(decoded - looked_up)
-        assert frames.decodable and frames.test_distance is not None
         decision = await federation.decide(facts)
         assert decision is not None and decision.rule == "federation:safe"
         await store.record_reliance("bench", "k", decision.sha256, decision.action, decision.rule,
                                     decision.match["federation"])
-        federation_s.append(looked_up - started + time.perf_counter() - decoded)
-    hint, no_hint = deciding.hint, StoredHint()
-    hinted_s: list[float] = []
-    unhinted_s: list[float] = []
-    for i, data in enumerate(others):
-        deciding.hint = hint if i % 2 == 0 else no_hint
-        started = time.perf_counter()
-        decision = await pipeline.decide(SpooledBody.from_bytes(data), "image/png")
-        await store.record_reliance("bench", "k", decision.sha256, decision.action, decision.rule,
-                                    decision.match["federation"])
-        (hinted_s if i % 2 == 0 else unhinted_s).append(time.perf_counter() - started)
-        assert decision.rule == "federation:safe", decision
+        federation_s.append(time.perf_counter() - started)
     await store.close()
     await db.close()
-    return cache_s, federation_s, perceptual_s, whole_cache_s, whole_federation_s, hinted_s, unhinted_s
+    return cache_s, federation_s, perceptual_s, whole_cache_s, whole_federation_s
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -206,8 +190,7 @@ def main() -> None:
     peer_key = SigningKey.generate()
     cached_images = [png(i) for i in range(args.uploads)]
     federated_images = [png(10**6 + i) for i in range(args.uploads)]
-    other_images = [png(2 * 10**6 + i) for i in range(args.uploads)]  # attested too, decided in-process only
-    federated_shas = [hashlib.sha256(d).hexdigest() for d in federated_images + other_images]
+    federated_shas = [hashlib.sha256(d).hexdigest() for d in federated_images]
     filler = [secrets.token_hex(32) for _ in range(max(0, args.attestations - len(federated_shas)))]
     pages = signed_pages(peer_key, federated_shas + filler)
 
@@ -283,8 +266,7 @@ def main() -> None:
         print(f"federation adds {f50 - c50:+.2f} ms at p50 (target <= 2 ms); median of the {args.uploads} "
               f"pairwise differences {paired:+.2f} ms; mean bytes per upload: cached {sizes[0]:.0f}, "
               f"federated {sizes[1]:.0f}")
-        steps = asyncio.run(step_costs(f"sqlite+aiosqlite:///{db_file}", policy, cached_images, federated_images,
-                                       other_images))
+        steps = asyncio.run(step_costs(f"sqlite+aiosqlite:///{db_file}", policy, cached_images, federated_images))
         s50, g50 = percentile(steps[0], 50) * ms, percentile(steps[1], 50) * ms
         print(f"the deciding step alone, in-process: cache p50 {s50:.2f} ms, federation (lookup, signature check, "
               f"quorum, reliance record) p50 {g50:.2f} ms: adds {g50 - s50:+.2f} ms")
@@ -295,10 +277,6 @@ def main() -> None:
         print(f"the whole decision in-process (the real pipeline, early query beside the decoding): cache p50 "
               f"{w50:.2f} ms, federated + reliance record p50 {v50:.2f} ms: adds {v50 - w50:+.2f} ms, of which "
               f"federation itself (less the decode task) {v50 - w50 - d50:+.2f} ms")
-        h50, u50 = percentile(steps[5], 50) * ms, percentile(steps[6], 50) * ms
-        print(f"the whole federated decision + reliance record in-process, other attested bytes, alternately: decoding "
-              f"from the start (the step's hint) p50 {h50:.2f} ms, after the cache lookup (no hint) p50 {u50:.2f} ms: "
-              f"{h50 - u50:+.2f} ms")
         for step in ("cache", "federation"):
             count = decide.get((step, "count"), 0)
             if count:

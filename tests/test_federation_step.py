@@ -9,7 +9,6 @@ import io
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import skimage.data
@@ -160,73 +159,6 @@ async def test_a_distrust_by_another_process_counts_at_the_next_lookup(db: Datab
         await store.close()
 
 
-
-def photo(seed: int) -> bytes:
-    return jpeg(Image.fromarray(skimage.data.astronaut()).rotate(seed))
-
-
-async def test_attested_bytes_are_decoded_from_the_start_and_the_order_of_the_steps_holds(
-        db: Database, tmp_path: Path, database_url: str) -> None:
-    """Bytes a peer attested start their decoding with the decision, before the verdict-cache lookup has answered
-    (SQLite: the step's hint of stored attestations, read in row order); other bytes only after it. Either way the
-    decision is the one the order of the steps gives: the test image stays the test image, an operator's allow
-    and a cached scan decide before the peer, and only attested bytes that are none of these land on its word."""
-    from inference.decode_pool import shared_pool
-    from proxy.screening.cache import CachedScan
-    from proxy.screening.hashing import frame_hashes_sync
-
-    store = FederationStore(db)
-    cache = VerdictCache(db)
-    bodies = {"clean": photo(1), "test": cropped_test_image(), "allowed": photo(2), "cached": photo(3)}
-    shas = {name: SpooledBody.from_bytes(data).sha256 for name, data in bodies.items()}
-    await attest_clean(store, list(shas.values()))
-    await cache.allow(shas["allowed"], reason="released", added_by="admin")
-    await cache.put(shas["cached"], CachedScan({"test": "1"}, {"nsfw": 0.95}, frame_hashes_sync(bodies["cached"]),
-                                               False, True))
-    policy_file = tmp_path / "policy.toml"
-    policy_file.write_text('[[rule]]\nname = "nudity"\nwhen = { nsfw = ">= 0.9" }\naction = "quarantine"\n')
-    policy = load_policy(policy_file)
-    step = PeerAttestations(store, policy, Rules(safe_quorum=1.0), pdq_max_distance=31)
-    await step.refresh()
-    hinted = database_url.startswith("sqlite")
-    assert all((sha in step.hint) == hinted for sha in shas.values()) and "ab" * 32 not in step.hint
-
-    class TestPack:  # stands in for the detectors (the cached scan's pack, so that the cache counts): says clean
-        packs = [{"name": "test", "version": "1"}]
-        asked = 0
-
-        async def screen(self, data: bytes, content_type: str | None = None) -> SimpleNamespace:
-            TestPack.asked += 1
-            return SimpleNamespace(signals={"nsfw": 0.0}, undecodable=False, pack_versions={"test": "1"})
-
-    pipeline = Pipeline(policy=policy, hashlists=HashLists([], []), cache=cache, detectors=TestPack(),
-                        federation=step)
-    pool = shared_pool()
-    decoding_at_answer: dict[str, int] = {}
-    lookup = cache.lookup
-
-    async def watched_lookup(sha256: str):  # the real lookup; how many decodes were sent when it first answered
-        submitted = pool.submitted
-        answer = await lookup(sha256)
-        decoding_at_answer.setdefault(sha256, pool.submitted - submitted)
-        return answer
-
-    cache.lookup = watched_lookup  # type: ignore[method-assign]
-    try:
-        decided = {name: await pipeline.decide(SpooledBody.from_bytes(data), "image/jpeg")
-                   for name, data in bodies.items()}
-        never_attested = await pipeline.decide(SpooledBody.from_bytes(photo(4)), "image/jpeg")
-    finally:
-        await store.close()
-    assert {name: (d.action, d.rule, d.step) for name, d in decided.items()} == {
-        "clean": ("allow", "federation:safe", "federation"),
-        "test": ("quarantine", "builtin-test-image", "testimage"),
-        "allowed": ("allow", "allowlist:database", "allowlist"),
-        "cached": ("quarantine", "nudity", "cache")}
-    assert (never_attested.step, TestPack.asked) == ("detectors", 1)
-    assert decoding_at_answer == {**{sha: 1 if hinted else 0 for sha in shas.values()}, never_attested.sha256: 0}
-
-
 async def test_a_peers_clean_never_lands_bytes_this_instance_cannot_decode(db: Database) -> None:
     """A PNG whose header claims 60000x60000 is over the local decode budget: its perceptual checks (test image,
     PDQ lists) cannot run here, so a peer's "clean" for its exact bytes does not land it; the policy's
@@ -236,7 +168,6 @@ async def test_a_peers_clean_never_lands_bytes_this_instance_cannot_decode(db: D
     await attest_clean(store, [bomb.sha256])
     policy = load_policy(None)
     step = PeerAttestations(store, policy, Rules(safe_quorum=1.0), pdq_max_distance=31)
-    await step.refresh()
     pipeline = Pipeline(policy=policy, hashlists=HashLists([], []), cache=VerdictCache(db), detectors=None,
                         federation=step)
     try:

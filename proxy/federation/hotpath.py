@@ -28,11 +28,9 @@ class Compiled:
         compiled = statement.compile(dialect=sqlite_dialect.dialect())
         self.sql = str(compiled)
         self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
-        self.defaults = {name: value for name, value in compiled.params.items() if value is not None}
 
     def params(self, values: dict[str, Any]) -> tuple[Any, ...]:
-        """The statement's parameters in order: `values`, else the value the statement was built with (an OFFSET)."""
-        return tuple(values[name] if name in values else self.defaults[name] for name in self.names)
+        return tuple(values[name] for name in self.names)
 
 
 class _Lane:

@@ -8,13 +8,10 @@ signature is verified (once per process) before it counts, whatever the page it 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
 
 from proxy.federation.keys import BadSignature, KeyFileError, PublicKey, token_kid, verify
 from proxy.federation.store import FederationStore
@@ -50,46 +47,6 @@ class PdqIndex:
         return [self.ids[i] for i in self.hashes.pdq_within(candidates, max_distance)]
 
 
-class StoredHint:
-    """The first 8 bytes of the SHA-256 of every attestation stored (sorted): whether bytes were probably attested,
-    with no query, so that their decoding starts with the decision instead of after the cache lookup (a cache hit
-    pays nothing for it). Only a hint of when to start work: it decides nothing, and it only grows (a revoked,
-    expired or distrusted peer's attestation stays in it until a restart; the query at decision time rules).
-    Read from SQLite's row order, a batch at a time; empty elsewhere (no hint: the decoding starts after the
-    lookup, as without one). At most MAX_HINT entries (8 bytes each)."""
-
-    BATCH = 50_000
-    MAX_HINT = 4_000_000
-
-    def __init__(self) -> None:
-        self.prefixes = np.empty(0, dtype=np.uint64)
-        self.after = 0  # the last row read
-
-    def __contains__(self, sha256: str) -> bool:
-        try:
-            prefix = np.uint64(int(sha256[:16], 16))
-        except ValueError:
-            return False
-        at = int(np.searchsorted(self.prefixes, prefix))
-        return at < len(self.prefixes) and bool(self.prefixes[at] == prefix)
-
-    async def refresh(self, store: FederationStore) -> None:
-        """Add the attestations stored since the last refresh (by any process)."""
-        while len(self.prefixes) < self.MAX_HINT:
-            found = await store.stored_since(self.after, self.BATCH)
-            if found is None or not found[0]:
-                return
-            shas, self.after = found
-            self.prefixes = await asyncio.to_thread(_merged, self.prefixes, shas)
-            if len(shas) < self.BATCH:
-                return
-
-
-def _merged(prefixes: np.ndarray, shas: list[str]) -> np.ndarray:
-    new = np.fromiter((int(sha[:16], 16) for sha in shas if len(sha) == 64), dtype=np.uint64)
-    return np.union1d(prefixes, new)
-
-
 class PeerAttestations:
     """Decides on trusted peers' attestations (see proxy.federation.trust for the rules)."""
 
@@ -101,7 +58,6 @@ class PeerAttestations:
         self.rules = rules
         self.pdq_max_distance = pdq_max_distance
         self.index = PdqIndex()
-        self.hint = StoredHint()
         self._verified: set[tuple[str, str, str]] = set()
         self._keys: dict[str, PublicKey] = {}
 
@@ -136,26 +92,17 @@ class PeerAttestations:
 
     async def refresh(self) -> None:
         self.index.load(await self.store.block_pdqs())
-        await self.hint.refresh(self.store)
 
     async def exact(self, sha256: str) -> list[dict[str, Any]]:
         """The usable attestations of exactly these bytes whose signatures verify."""
         return [row for row in await self.store.usable(sha256) if self.verified(row)]
 
-    def early(self, facts: Facts) -> Coroutine[Any, Any, list[dict[str, Any]] | None]:
-        """Called when the decision begins (its task started by the pipeline): the attestations of exactly these
-        bytes, signatures checked, while the perceptual step's decoding runs in another process. Bytes the hint
-        says were attested are probably new here: their decoding starts here and now (Facts.start_frames: first
-        in the event loop's queue, before the verdict-cache lookup's query) and the attestation query beside it,
-        both overlapping the lookup. Other bytes wait for the lookup (the allow-list step's: the verdict cache
-        answers lookups of the same bytes waiting together with one query) and are not asked about when allowed
-        or cached (then this step is rarely reached and asks for itself): a cache hit makes no query here."""
-        if facts.hashes.sha256 in self.hint:
-            facts.start_frames()
-            return self.exact(facts.hashes.sha256)
-        return self._unless_known(facts)
-
-    async def _unless_known(self, facts: Facts) -> list[dict[str, Any]] | None:
+    async def early(self, facts: Facts) -> list[dict[str, Any]] | None:
+        """Started when the decision begins: the attestations of exactly these bytes, signatures checked, while
+        the perceptual step's decoding runs in another process; unless the bytes are allowed or in the verdict
+        cache (then this step is rarely reached and asks for itself). The lookup it waits for is the allow-list
+        step's (the verdict cache answers lookups of the same bytes waiting together with one query), and waiting
+        for it keeps the signature checks out of the way of the work that starts the decoding."""
         allowed, cached = await facts.lookup()
         if allowed or cached is not None:
             return None

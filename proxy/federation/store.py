@@ -29,7 +29,6 @@ from sqlalchemy import (
     bindparam,
     event,
     func,
-    literal_column,
     or_,
     select,
     tuple_,
@@ -161,9 +160,6 @@ def _usable_query(conditions: list[Any], now: Any) -> Any:
 
 #: The two statements of a federated decision, compiled once for SQLite's hot path (proxy.federation.hotpath).
 _USABLE_BY_SHA = Compiled(_usable_query([attestations.c.sha256 == bindparam("sha256")], bindparam("now")))
-#: Attestations' SHA-256 in the order they were stored (SQLite's rowid), from a row on: the step's hint.
-_SHAS_AFTER = Compiled(select(literal_column("rowid"), attestations.c.sha256).where(
-    literal_column("rowid") > bindparam("after")).order_by(literal_column("rowid")).limit(bindparam("limit")))
 _RELIANCE_INSERT = Compiled(reliance.insert().values({c.name: bindparam(c.name) for c in reliance.c
                                                       if c.name != "id"}))
 
@@ -292,15 +288,6 @@ class FederationStore:
             attestations.c.exp > int(time.time())))
         async with self.engine.connect() as conn:
             return [tuple(r) for r in (await conn.execute(query)).all()]
-
-    async def stored_since(self, after: int, limit: int) -> tuple[list[str], int] | None:
-        """The SHA-256 of up to `limit` attestations stored after row `after`, and the last row read; None where
-        there is no row order to resume from (not a SQLite file)."""
-        hot = self._hot_path()
-        if hot is None:
-            return None
-        rows = await hot.rows(_SHAS_AFTER, {"after": after, "limit": limit})
-        return [row["sha256"] for row in rows], (rows[-1]["rowid"] if rows else after)
 
     async def attestation_count(self, peer: str | None = None) -> int:
         query = select(func.count()).select_from(attestations)

@@ -42,12 +42,6 @@ class Decision:
 _UNSET: Any = object()
 
 
-def retrieved(task: asyncio.Task[Any]) -> None:
-    """Done callback of work that may end unread: never "Task exception was never retrieved"."""
-    if not task.cancelled():
-        task.exception()
-
-
 class Facts:
     """One upload's facts for the steps: hashes at once, the rest on first request."""
 
@@ -64,7 +58,6 @@ class Facts:
         self._lookup: tuple[bool, CachedScan | None] | None = None
         self._data: Any = _UNSET
         self._frames: FrameHashes | None = None
-        self._decoding: asyncio.Task[tuple[FrameHashes, Media | None]] | None = None
         self._media: bool | None = None
         self._detector_decode = detector_decode
         #: the bytes decoded for the detectors as `detector_decode` asks, in the same task as the PDQ hashes;
@@ -120,28 +113,12 @@ class Facts:
             cached = await self.cached()
             if cached is not None and cached.frames is not None and cached.frames.measured:
                 self._frames = cached.frames
-            elif self._decoding is not None:  # started early (start_frames)
-                self._frames, self.detector_media = await self._decoding
+            elif (data := await self.data()) is not None:
+                spec = None if self._found_early() else self._detector_decode
+                self._frames, self.detector_media = await frames_and_media(data, spec)
             else:
-                self._frames, self.detector_media = await self._decode(
-                    None if self._found_early() else self._detector_decode)
+                self._frames = FrameHashes(False, "none", f"over {MAX_DETECTOR_BYTES} bytes: too large to decode")
         return self._frames
-
-    def start_frames(self) -> None:
-        """Start the frames' decode task now, before the cache lookup has answered: for a step's early work that
-        knows these bytes are probably new here (a peer attested them), so that the decoding the perceptual step
-        will need overlaps the lookup and the list steps. The decision order is unchanged: `frames` awaits this
-        task when a step asks, unless the cache has the frames (then the task's result is never read; a running
-        task is left to finish, since cancelling it would kill its worker). No detector frames are decoded: the
-        detectors, if they still run, decode for themselves."""
-        if self._frames is None and self._decoding is None:
-            self._decoding = asyncio.get_running_loop().create_task(self._decode(None))
-            self._decoding.add_done_callback(retrieved)
-
-    async def _decode(self, spec: DecodeSpec | None) -> tuple[FrameHashes, Media | None]:
-        if (data := await self.data()) is None:
-            return FrameHashes(False, "none", f"over {MAX_DETECTOR_BYTES} bytes: too large to decode"), None
-        return await frames_and_media(data, spec)
 
     def _found_early(self) -> bool:
         """A later step's early work has already found something about these bytes (a peer's attestations), so

@@ -16,9 +16,7 @@ The steps run in the order :func:`default_steps` lists; the first that decides e
   7. the detectors, then the policy; when they do not answer, `on_unavailable`.
 Adding a step is one class in :mod:`proxy.screening.steps` and one line below. A step may also have
 `early(facts)`: started as a task when the decision begins, so that its own query overlaps the decoding of the
-steps before it; the step awaits it when its turn comes (the order of the decisions never changes). `early` is
-called before anything is awaited: it may also start work an earlier step will need (Facts.start_frames: the
-decoding, when the step knows the bytes are probably new here), which that step then awaits in its turn.
+steps before it; the step awaits it when its turn comes (the order of the decisions never changes).
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from proxy.screening.cache import VerdictCache
-from proxy.screening.facts import Decision, Facts, retrieved
+from proxy.screening.facts import Decision, Facts
 from proxy.screening.hashlists import HashList, HashLists, builtin_test_list
 from proxy.screening.policy import Policy
 from proxy.screening.steps import (
@@ -64,6 +62,11 @@ def default_steps(*, policy: Policy, hashlists: HashLists, test_list: HashList, 
         TooLarge(policy),
         detectors,
     ]
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # never "Task exception was never retrieved" for early work nobody awaited
 
 
 class Pipeline:
@@ -106,7 +109,7 @@ class Pipeline:
                     return decision
         finally:
             for task in facts.early.values():  # not needed after all: left to end (one bounded query), unread
-                task.add_done_callback(retrieved)
+                task.add_done_callback(_retrieved)
         raise AssertionError("the last step always decides")  # RunDetectors never passes
 
     async def act(self, upload: Upload, decision: Decision, *, actor: str = "") -> Verdict:
