@@ -11,8 +11,8 @@
 (d) the same scan shared by two scanners (each half the concurrency) through one database;
 (e) the screening pipeline alone on the same bodies (hashing, PDQ, detectors, policy; no S3, no database),
     to tell the pipeline's own cost from the scan's.
-(b) and (c) run back to back `--rounds` times, the order flipped each round (a machine shared with other work
-changes speed within a run): (c)/(b) is the median of the rounds' paired ratios.
+(a), (b) and (c) run back to back `--rounds` times, (b) and (c) in turn first, (a) before or after them (a
+machine shared with other work changes speed within a run): each ratio is the median of the rounds' paired ratios.
 Targets: the test pack (cheap detectors): (c) >= 0.8 x (b); a real pack (nsfw-age): (c) >= 0.8 x min((a), (b)).
 For (b) and (c) it also prints where the CPU went per object (Linux /proc): moto's process, this process (every
 thread: the event loop, the engine's threads, the database's), and this process's other children (the decode
@@ -30,6 +30,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -102,10 +103,12 @@ def objects(count: int) -> list[bytes]:
     return out
 
 
-async def capacity(pack: Path, bodies: list[bytes]) -> float:
+async def capacity(pack: Path, bodies: list[bytes], meter: CpuMeter | None = None) -> float:
     engine = Engine.from_packs([pack])
     try:
         await asyncio.gather(*(engine.screen(b, "image/jpeg") for b in bodies[:32]))
+        if meter:
+            meter.start()
         started = time.perf_counter()
         semaphore = asyncio.Semaphore(64)
 
@@ -114,7 +117,10 @@ async def capacity(pack: Path, bodies: list[bytes]) -> float:
                 await engine.screen(body, "image/jpeg")
 
         await asyncio.gather(*(one(b) for b in bodies))
-        return len(bodies) / (time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        if meter:
+            meter.stop()
+        return len(bodies) / seconds
     finally:
         await engine.close()
 
@@ -233,7 +239,7 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=600)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3,
-                        help="(b) and (c) measured this many times, back to back (the ratio: the median of the pairs)")
+                        help="(a), (b), (c) measured this many times, back to back (a ratio: the median of the pairs)")
     parser.add_argument("--pack", help="a pack folder instead of the tiny `test` pack (e.g. nsfw-age)")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bucketguard-backfill-bench-"))
@@ -252,49 +258,61 @@ def main() -> None:
         policy.write_text('[[rule]]\nname = "nudity"\nwhen = { nsfw = ">= 0.9" }\naction = "flag"\n')
         config = write_config(tmp, upstream, "bench-media", inference=f'mode = "in-process"\npacks = ["{pack}"]',
                               screening=f'policy = "{policy}"')
-        engine_rate = asyncio.run(capacity(pack, bodies))
         pipeline_rate = asyncio.run(pipeline_capacity(config, bodies))
         warm = objects(args.objects + 32)[args.objects:]  # other bytes: the verdict cache stays cold
-        rounds: list[tuple[float, float]] = []
-        cpu: dict[str, list[tuple[float, float, float]]] = {"read": [], "scan": []}
+        rounds: list[dict[str, float]] = []
+        cpu: dict[str, list[tuple[float, float, float]]] = {"capacity": [], "read": [], "scan": []}
         count = 0
-        for index in range(args.rounds):  # (b) and (c) back to back, the order flipped every round
+        for index in range(args.rounds):  # back to back: (a) (b) (c), then (c) (b) (a), ...
             rates: dict[str, float] = {}
-            for which in ("read", "scan") if index % 2 == 0 else ("scan", "read"):
+            for which in ("capacity", "read", "scan") if index % 2 == 0 else ("scan", "read", "capacity"):
                 meter = CpuMeter(moto.process.pid)
-                if which == "read":
+                if which == "capacity":
+                    rates[which] = asyncio.run(capacity(pack, bodies, meter))
+                elif which == "read":
                     rates[which] = asyncio.run(bare_read(config, args.concurrency, meter))
                 else:
                     fresh_database(tmp)  # every scan starts from an empty database (a cold verdict cache)
                     rates[which], count = asyncio.run(backfill(config, args.concurrency, warm=warm, meter=meter))
                 cpu[which].append(tuple(seconds * 1000 / args.objects for seconds in meter.spent))  # type: ignore[arg-type]
-            rounds.append((rates["read"], rates["scan"]))
+            rounds.append(rates)
         fresh_database(tmp)
         shared_rate, _ = asyncio.run(backfill(config, args.concurrency, scanners=2, warm=warm))
     finally:
         moto.stop()
-    read_rate = statistics.median(read for read, _ in rounds)
-    scan_rate = statistics.median(scan for _, scan in rounds)
-    paired = statistics.median(scan / read for read, scan in rounds)
+
+    def median(which: str) -> float:
+        return statistics.median(r[which] for r in rounds)
+
+    def paired(over: Callable[[dict[str, float]], float]) -> float:
+        return statistics.median(r["scan"] / over(r) for r in rounds)
+
+    engine_rate, read_rate, scan_rate = median("capacity"), median("read"), median("scan")
     bound = min(engine_rate, read_rate)
     print(f"{count} objects (320x240 JPEG), pack {pack.name} in-process, moto upstream in its own process")
-    print(f"(a) detector capacity, no S3, 64 in flight:          {engine_rate:8.1f} objects/s")
+    print(f"(a) detector capacity, no S3, 64 in flight, median:  {engine_rate:8.1f} objects/s")
     print(f"(b) bare read (list + GET), {args.concurrency} in flight, median:   {read_rate:8.1f} objects/s")
     print(f"(e) screening pipeline alone (hashes, PDQ, detectors), no S3/DB: {pipeline_rate:6.1f} objects/s")
     print(f"(c) backfill scan, {args.concurrency} in flight, full pipeline, median: {scan_rate:6.1f} objects/s")
     print(f"(d) two scanners sharing the run, {args.concurrency // 2} in flight each: {shared_rate:8.1f} objects/s")
-    print("rounds (b) then (c), or (c) then (b): "
-          + "; ".join(f"{read:.1f} / {scan:.1f} = {scan / read:.2f}" for read, scan in rounds))
-    print(f"scan / capacity (c)/(a): {scan_rate / engine_rate:.2f}   "
-          f"scan / bare read (c)/(b): {paired:.2f} (median of the rounds' paired ratios; target >= 0.80, test pack)")
+    print("rounds (a) / (b) / (c): " + "; ".join(
+        f"{r['capacity']:.1f} / {r['read']:.1f} / {r['scan']:.1f}" for r in rounds))
+    print(f"scan / capacity (c)/(a): {paired(lambda r: r['capacity']):.2f}   "
+          f"scan / bare read (c)/(b): {paired(lambda r: r['read']):.2f} "
+          "(medians of the rounds' paired ratios; target >= 0.80, test pack)")
     print(f"scan / pipeline alone (c)/(e): {scan_rate / pipeline_rate:.2f}")
-    for which, label, parts in (("read", "(b) bare read", ("moto", "reader")),
-                                ("scan", "(c) scan", ("moto", "scanner process", "decode workers"))):
+    totals = {}
+    for which, label, parts in (("capacity", "(a) capacity", ((1, "engine process"), (2, "decode workers"))),
+                                ("read", "(b) bare read", ((0, "moto"), (1, "reader"))),
+                                ("scan", "(c) scan", ((0, "moto"), (1, "scanner process"), (2, "decode workers")))):
         medians = [statistics.median(spent[i] for spent in cpu[which]) for i in range(3)]
-        split = ", ".join(f"{name} {ms:.2f}" for name, ms in zip(parts, medians, strict=False))
-        print(f"CPU ms per object, {label} (medians of the rounds): {split}; total {sum(medians):.2f}")
-    print(f"scan / min(capacity, bare read): {scan_rate / bound:.2f} (target >= 0.80)   "
-          f"shared scan / min: {shared_rate / bound:.2f}")
+        totals[which] = sum(medians[i] for i, _ in parts)
+        split = ", ".join(f"{name} {medians[i]:.2f}" for i, name in parts)
+        print(f"CPU ms per object, {label} (medians of the rounds): {split}; total {totals[which]:.2f}")
+    print(f"CPU per object (a)/(c): {totals['capacity'] / totals['scan']:.2f} (what (c)/(a) would be where both "
+          "keep every core busy)")
+    print(f"scan / min(capacity, bare read): {paired(lambda r: min(r['capacity'], r['read'])):.2f} "
+          f"(median of the rounds' paired ratios; target >= 0.80)   shared scan / min: {shared_rate / bound:.2f}")
 
 
 if __name__ == "__main__":
