@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow  # two or three proxies with in-process detectors 
 
 def add_entry(proxy, key: SigningKey, attestation: Attestation) -> None:
     query(proxy, "INSERT INTO federation_outbox (entry_id, kind, sha256, verdict, source, exp, revoked, token, "
-                 "created_at) VALUES (?, 'attestation', ?, ?, '', ?, 0, ?, '')",
-          attestation.id, attestation.sha256, attestation.verdict, attestation.exp, key.sign(attestation.payload()))
+                 "created_at) VALUES (:id, 'attestation', :sha256, :verdict, '', :exp, :revoked, :token, '')",
+          id=attestation.id, sha256=attestation.sha256, verdict=attestation.verdict, exp=attestation.exp,
+          revoked=False, token=key.sign(attestation.payload()))
 
 
 def clean(data: bytes, *, iat: int, exp: int) -> Attestation:
@@ -40,11 +41,11 @@ def last_seq(proxy) -> int:
 
 
 def counts(proxy, peer: str) -> dict[str, int]:
-    return dict(query(proxy, "SELECT reason, count FROM federation_counts WHERE peer = ?", peer))
+    return dict(query(proxy, "SELECT reason, count FROM federation_counts WHERE peer = :peer", peer=peer))
 
 
 def cursor(proxy, peer: str) -> int:
-    rows = query(proxy, "SELECT cursor FROM federation_peers WHERE name = ?", peer)
+    rows = query(proxy, "SELECT cursor FROM federation_peers WHERE name = :peer", peer=peer)
     return rows[0][0] if rows else -1
 
 
@@ -56,16 +57,17 @@ def test_tampered_wrong_key_expired_revoked_and_rotated_entries(fleet: Fleet) ->
     for name in (tampered, good, revoked):
         put(a, f"{name}.png", images[name])
 
-    entry_id, token = query(a, "SELECT entry_id, token FROM federation_outbox WHERE sha256 = ?",
-                            hashlib.sha256(images[tampered]).hexdigest())[0]
+    entry_id, token = query(a, "SELECT entry_id, token FROM federation_outbox WHERE sha256 = :sha256",
+                            sha256=hashlib.sha256(images[tampered]).hexdigest())[0]
     header, payload, signature = token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     claims["signals"] = {k: 0.0 for k in claims["signals"]}  # "make it look cleaner", keep the signature
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-    query(a, "UPDATE federation_outbox SET token = ? WHERE entry_id = ?", f"{header}.{forged}.{signature}", entry_id)
+    query(a, "UPDATE federation_outbox SET token = :token WHERE entry_id = :id", token=f"{header}.{forged}.{signature}",
+          id=entry_id)
 
-    revoked_id = query(a, "SELECT entry_id FROM federation_outbox WHERE sha256 = ?",
-                       hashlib.sha256(images[revoked]).hexdigest())[0][0]
+    revoked_id = query(a, "SELECT entry_id FROM federation_outbox WHERE sha256 = :sha256",
+                       sha256=hashlib.sha256(images[revoked]).hexdigest())[0][0]
     result = cli("federation", "revoke", revoked_id, "--config", str(a.config_path))
     assert result.returncode == 0, result.stderr
     now = int(time.time())
