@@ -16,7 +16,7 @@ from PIL import Image
 
 from inference.decode_pool import DecodeLimits, DecodePool, shared_pool
 from inference.engine import Engine
-from inference.media import Media, decode
+from inference.media import DecodeSpec, Media, MediaLimits, decode
 from proxy.screening.hashing import frame_hashes_here, frames_and_media, frames_and_media_here
 from proxy.screening.hashlists import HashLists
 from proxy.screening.pipeline import Pipeline
@@ -211,3 +211,22 @@ def test_the_pool_sends_large_bodies_wears_out_workers_and_never_runs_a_cancelle
         assert not marker.exists() and pool.in_flight == 0 and pool.submitted == 8
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("name, size, decodes", [("small-jpeg", (320, 240), 0), ("small-png", (500, 300), 0),
+                                                 ("large-jpeg", (1400, 1000), 1), ("past-one-target", (600, 400), 1)])
+def test_a_small_still_is_decoded_once_for_both_and_every_frame_is_the_engines_own(
+        monkeypatch: pytest.MonkeyPatch, name: str, size: tuple[int, int], decodes: int) -> None:
+    """A still no decode reduces (at most twice both targets' larger side) gives PDQ and the detectors the same
+    frame from one decode; a larger one is decoded for the detectors again. Either way the frames are exactly
+    what the engine's own decode gives (nsfw-age's 320 px target here; PDQ's is 256, so 600 px is past it)."""
+    spec = DecodeSpec(MediaLimits(), (320, 320))
+    data = still("PNG" if name == "small-png" else "JPEG", size)
+    calls = []
+    monkeypatch.setattr(DecodeSpec, "decode", lambda self, body: calls.append(body) or decode(body, None, self.limits,
+                                                                                               self.target))
+    hashes, media = frames_and_media_here(data, spec)
+    own = decode(data, None, spec.limits, spec.target)
+    assert len(calls) == decodes and hashes == frame_hashes_here(data)
+    assert media is not None and [(f.mode, f.size, f.tobytes()) for f in media.frames] == [
+        (f.mode, f.size, f.tobytes()) for f in own.frames]

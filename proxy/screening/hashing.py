@@ -153,7 +153,10 @@ def _pdq_variants(frame: Any) -> tuple[Pdq, ...]:
 def frame_hashes_here(data: bytes) -> FrameHashes:
     """Decode and hash in THIS process (and measure a still's distance to the test image): only for a
     decode-pool worker (unbounded otherwise)."""
-    media = decode(data, None, PDQ_LIMITS, _TARGET)
+    return _hash_media(decode(data, None, PDQ_LIMITS, _TARGET))
+
+
+def _hash_media(media: Media) -> FrameHashes:
     if media.undecodable:
         return FrameHashes(False, "none", media.reason, over_budget=media.over_budget)
     variants: list[tuple[Pdq, ...]] = []
@@ -169,9 +172,26 @@ def frame_hashes_here(data: bytes) -> FrameHashes:
 def frames_and_media_here(data: bytes, detectors: DecodeSpec) -> tuple[FrameHashes, Media | None]:
     """`frame_hashes_here`, and the same bytes decoded for the in-process detectors as `detectors` asks (their
     own sampling and size, exactly what their engine's decode would give), in the same task: the bytes go to
-    a worker once. No detector frames when the bytes are undecodable here (the detectors are not asked)."""
-    hashes = frame_hashes_here(data)
-    return hashes, detectors.decode(data) if hashes.decodable else None
+    a worker once, and a small still is decoded once. No detector frames when the bytes are undecodable here
+    (the detectors are not asked)."""
+    media = decode(data, None, PDQ_LIMITS, _TARGET)
+    hashes = _hash_media(media)
+    if not hashes.decodable:
+        return hashes, None
+    return hashes, media if _decodes_alike(media, len(data), detectors) else detectors.decode(data)
+
+
+def _decodes_alike(media: Media, size: int, detectors: DecodeSpec) -> bool:
+    """Whether `detectors.decode` of these bytes gives exactly `media`'s frame: one still (no frame sampling,
+    which the two decodes do differently), no side past either decode's reduction (JPEG draft and thumbnail both
+    start at twice the target's larger side: below it, both keep the still whole), and within the detectors'
+    own budgets (their decode would not refuse what PDQ's accepted)."""
+    if media.kind != "image" or len(media.frames) != 1:
+        return False
+    limits, pixels = detectors.limits, media.width * media.height
+    whole_up_to = 2 * min(max(_TARGET), max(detectors.target))
+    return (max(media.width, media.height) <= whole_up_to and size <= limits.max_bytes
+            and pixels <= min(limits.max_pixels, limits.max_total_pixels))
 
 
 def _stopped(exc: DecodeLimitExceeded) -> FrameHashes:
