@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/backfill_rate.py [--objects N] [--pack PACK]
 
-(a) capacity: the in-process engine with the pack screening the same objects at high concurrency,
+(a) capacity: the in-process engine with the pack screening the same objects, the same number in flight as (b) and (c),
     with no S3 and no database (the most the detectors can do here);
 (b) bare read: a plain aiobotocore client listing the bucket and GETting every object, same concurrency
     (the most S3 gives here);
@@ -103,14 +103,14 @@ def objects(count: int) -> list[bytes]:
     return out
 
 
-async def capacity(pack: Path, bodies: list[bytes], meter: CpuMeter | None = None) -> float:
+async def capacity(pack: Path, bodies: list[bytes], concurrency: int, meter: CpuMeter | None = None) -> float:
     engine = Engine.from_packs([pack])
     try:
         await asyncio.gather(*(engine.screen(b, "image/jpeg") for b in bodies[:32]))
         if meter:
             meter.start()
         started = time.perf_counter()
-        semaphore = asyncio.Semaphore(64)
+        semaphore = asyncio.Semaphore(concurrency)
 
         async def one(body: bytes) -> None:
             async with semaphore:
@@ -125,7 +125,7 @@ async def capacity(pack: Path, bodies: list[bytes], meter: CpuMeter | None = Non
         await engine.close()
 
 
-async def pipeline_capacity(config_path: Path, bodies: list[bytes]) -> float:
+async def pipeline_capacity(config_path: Path, bodies: list[bytes], concurrency: int) -> float:
     """The screening pipeline alone (hashing, PDQ of every orientation, detectors, policy; no S3, no database)."""
     from proxy.screening.hashlists import HashLists
     from proxy.screening.pipeline import Pipeline
@@ -136,7 +136,7 @@ async def pipeline_capacity(config_path: Path, bodies: list[bytes]) -> float:
     detectors, close = build_detectors(config)
     pipeline = Pipeline(policy=load_policy(config.screening.policy), hashlists=HashLists([], []), cache=None,
                         detectors=detectors, scan_timeout_s=120)
-    semaphore = asyncio.Semaphore(64)
+    semaphore = asyncio.Semaphore(concurrency)
 
     async def one(body: bytes) -> None:
         async with semaphore:
@@ -237,7 +237,8 @@ def fresh_database(folder: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--objects", type=int, default=600)
-    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--concurrency", type=int, default=64,
+                        help="objects in flight in (a), (b), (c) and (e) alike; (d) splits it between its two scanners")
     parser.add_argument("--rounds", type=int, default=3,
                         help="(a), (b), (c) measured this many times, back to back (a ratio: the median of the pairs)")
     parser.add_argument("--pack", help="a pack folder instead of the tiny `test` pack (e.g. nsfw-age)")
@@ -258,7 +259,7 @@ def main() -> None:
         policy.write_text('[[rule]]\nname = "nudity"\nwhen = { nsfw = ">= 0.9" }\naction = "flag"\n')
         config = write_config(tmp, upstream, "bench-media", inference=f'mode = "in-process"\npacks = ["{pack}"]',
                               screening=f'policy = "{policy}"')
-        pipeline_rate = asyncio.run(pipeline_capacity(config, bodies))
+        pipeline_rate = asyncio.run(pipeline_capacity(config, bodies, args.concurrency))
         warm = objects(args.objects + 32)[args.objects:]  # other bytes: the verdict cache stays cold
         rounds: list[dict[str, float]] = []
         cpu: dict[str, list[tuple[float, float, float]]] = {"capacity": [], "read": [], "scan": []}
@@ -268,7 +269,7 @@ def main() -> None:
             for which in ("capacity", "read", "scan") if index % 2 == 0 else ("scan", "read", "capacity"):
                 meter = CpuMeter(moto.process.pid)
                 if which == "capacity":
-                    rates[which] = asyncio.run(capacity(pack, bodies, meter))
+                    rates[which] = asyncio.run(capacity(pack, bodies, args.concurrency, meter))
                 elif which == "read":
                     rates[which] = asyncio.run(bare_read(config, args.concurrency, meter))
                 else:
@@ -290,7 +291,7 @@ def main() -> None:
     engine_rate, read_rate, scan_rate = median("capacity"), median("read"), median("scan")
     bound = min(engine_rate, read_rate)
     print(f"{count} objects (320x240 JPEG), pack {pack.name} in-process, moto upstream in its own process")
-    print(f"(a) detector capacity, no S3, 64 in flight, median:  {engine_rate:8.1f} objects/s")
+    print(f"(a) detector capacity, no S3, {args.concurrency} in flight, median:  {engine_rate:8.1f} objects/s")
     print(f"(b) bare read (list + GET), {args.concurrency} in flight, median:   {read_rate:8.1f} objects/s")
     print(f"(e) screening pipeline alone (hashes, PDQ, detectors), no S3/DB: {pipeline_rate:6.1f} objects/s")
     print(f"(c) backfill scan, {args.concurrency} in flight, full pipeline, median: {scan_rate:6.1f} objects/s")
