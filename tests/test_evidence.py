@@ -9,7 +9,6 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    """A migrated state database, once on SQLite and once on PostgreSQL (tests/support/postgres.py)."""
-    database = Database(database_url)
-    await database.migrate()
-    yield database
-    await database.close()
 
 
 def make_event(n: int, **overrides: object) -> Event:

@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import skimage.data
 from PIL import Image
 
@@ -41,14 +39,6 @@ def cropped_test_image() -> bytes:
     image = Image.open(io.BytesIO(generate_png()))
     w, h = image.size
     return jpeg(image.crop((round(w * .07), round(h * .03), round(w * .95), round(h * .92))))
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.migrate()
-    yield database
-    await database.close()
 
 
 async def attest_clean(store: FederationStore, shas: list[str]) -> None:

@@ -46,15 +46,6 @@ async def read_all(chunks: AsyncIterator[bytes]) -> bytes:
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    """A migrated state database, once on SQLite and once on PostgreSQL (tests/support/postgres.py)."""
-    database = Database(database_url)
-    await database.migrate()
-    yield database
-    await database.close()
-
-
-@pytest.fixture
 def quarantine(db: Database, tmp_path: Path) -> Quarantine:
     return Quarantine(db.engine, LocalStore(tmp_path / "quarantine"), retention_days=365)
 

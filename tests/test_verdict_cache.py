@@ -13,10 +13,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import skimage.data
 from PIL import Image
 from sqlalchemy import event, func, select
@@ -74,14 +72,6 @@ def lookups(db: Database) -> list[str]:
 
     event.listen(db.engine.sync_engine, "checkout", traced)
     return seen
-
-
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.migrate()
-    yield database
-    await database.close()
 
 
 async def rows(db: Database) -> int:

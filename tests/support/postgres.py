@@ -18,7 +18,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
@@ -149,6 +149,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
     server: PostgresServer = request.getfixturevalue("postgres_server")
     return server.url(server.create_database())
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A migrated state database on `database_url`: once on SQLite and once on PostgreSQL."""
+    database = Database(database_url)
+    await database.migrate()
+    yield database
+    await database.close()
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
