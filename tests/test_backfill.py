@@ -26,6 +26,7 @@ from proxy.jobs.scan_run import scan_objects
 from proxy.screening.testimage import generate_png
 from proxy.state import Database
 from tests.support.moto import S3Server
+from tests.support.postgres import run_sql
 from tests.support.proxy import CLIENT_BUCKET, new_bucket, use_database, write_config
 
 #: The issue asks for 2,000; an environment variable may lower it on a slow machine.
@@ -85,19 +86,6 @@ def setup(server: S3Server, folder: Path, test_pack: Path, objects) -> tuple[Pat
     return config, bucket
 
 
-def rows(database_url: str, query):  # type: ignore[no-untyped-def]
-    """The rows of `query` on the scan's own database (SQLite or PostgreSQL)."""
-    async def run():  # type: ignore[no-untyped-def]
-        db = Database(database_url)
-        try:
-            async with db.engine.connect() as conn:
-                return (await conn.execute(query)).all()
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
-
-
 @pytest.mark.timeout(900)
 def test_backfill_accounts_for_every_object_and_resumes_after_kill_9(
         database_url: str, moto_server: S3Server, test_pack_path: Path, tmp_path: Path) -> None:
@@ -118,7 +106,7 @@ def test_backfill_accounts_for_every_object_and_resumes_after_kill_9(
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if rows(database_url, decided)[0][0] >= target:
+            if run_sql(database_url, decided)[0][0] >= target:
                 break
         except DBAPIError:  # the scanner has not created its tables yet
             pass
@@ -126,7 +114,7 @@ def test_backfill_accounts_for_every_object_and_resumes_after_kill_9(
     assert process.poll() is None, "the scan finished before it could be killed; raise the object count"
     os.kill(process.pid, signal.SIGKILL)
     process.wait(10)
-    assert 0 < rows(database_url, decided)[0][0] < OBJECTS
+    assert 0 < run_sql(database_url, decided)[0][0] < OBJECTS
 
     scan(config, tmp_path / "b.json")
     resumed = json.loads((tmp_path / "b.json").read_text())
@@ -141,9 +129,9 @@ def test_backfill_accounts_for_every_object_and_resumes_after_kill_9(
     assert by_outcome == {"quarantined": hits, "rejected": corrupt, "flagged": other}
     assert all(len(named) == 1 for named in rules.values()), rules  # one rule per kind of object
     assert set(moto_server.keys(bucket)) == set(objects) - hits - corrupt
-    assert rows(database_url, select(func.count(), func.count(scan_objects.c.key.distinct())).select_from(
+    assert run_sql(database_url, select(func.count(), func.count(scan_objects.c.key.distinct())).select_from(
         scan_objects))[0] == (OBJECTS, OBJECTS)
-    recorded = rows(database_url, select(quarantine_items.c.key, func.count()).where(
+    recorded = run_sql(database_url, select(quarantine_items.c.key, func.count()).where(
         quarantine_items.c.action == "quarantine").group_by(quarantine_items.c.key))
     assert {key for key, _ in recorded} == hits and {count for _, count in recorded} == {1}
 

@@ -34,6 +34,7 @@ from proxy.screening.testimage import generate_png
 from proxy.state import Database
 from tests.support.balancer import start_balancer
 from tests.support.moto import S3Server
+from tests.support.postgres import run_sql
 from tests.support.proxy import CLIENT_BUCKET, new_bucket, write_config
 
 OBJECTS = 160
@@ -55,18 +56,6 @@ def corpus() -> dict[str, bytes]:
             image.save(buffer, "JPEG", quality=60 + index % 30)
             objects[f"{index:04d}.jpg"] = buffer.getvalue()
     return objects
-
-
-def sql(database_url: str, query):  # type: ignore[no-untyped-def]
-    async def run():  # type: ignore[no-untyped-def]
-        db = Database(database_url)
-        try:
-            async with db.engine.connect() as conn:
-                return (await conn.execute(query)).all()
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
 
 
 def start_scan(config: Path, report: Path) -> subprocess.Popen:
@@ -107,7 +96,7 @@ def test_two_scanners_one_killed_and_restarted_scan_every_object_once(
         decided_by_first = decided_by_second = 0
         while time.monotonic() < deadline and first.poll() is None:
             try:
-                rows = sql(database_url, select(scan_objects.c.decided_by, func.count()).where(
+                rows = run_sql(database_url, select(scan_objects.c.decided_by, func.count()).where(
                     scan_objects.c.outcome != "pending").group_by(scan_objects.c.decided_by))
             except DBAPIError:  # the scanners have not created the tables yet
                 rows = []
@@ -123,11 +112,11 @@ def test_two_scanners_one_killed_and_restarted_scan_every_object_once(
                                                            and "") or first.communicate()[0])
         os.kill(first.pid, signal.SIGKILL)
         first.wait(10)
-        owners = {o for (o,) in sql(database_url, select(scan_objects.c.owner).distinct()) if o}
+        owners = {o for (o,) in run_sql(database_url, select(scan_objects.c.owner).distinct()) if o}
         killed = owner_of(first, owners)
-        held = {k for (k,) in sql(database_url, select(scan_objects.c.key).where(
+        held = {k for (k,) in run_sql(database_url, select(scan_objects.c.key).where(
             scan_objects.c.owner == killed, scan_objects.c.outcome == "pending"))}
-        assert held, sql(database_url, select(scan_objects.c.owner, scan_objects.c.outcome, func.count())
+        assert held, run_sql(database_url, select(scan_objects.c.owner, scan_objects.c.outcome, func.count())
                          .group_by(scan_objects.c.owner, scan_objects.c.outcome))
         restarted = start_scan(config, tmp_path / "c.json")
         for process in (second, restarted):
@@ -136,16 +125,16 @@ def test_two_scanners_one_killed_and_restarted_scan_every_object_once(
             except subprocess.TimeoutExpired:
                 process.kill()
                 out, _ = process.communicate()
-                state = sql(database_url, select(scan_objects.c.owner, scan_objects.c.outcome, func.count())
+                state = run_sql(database_url, select(scan_objects.c.owner, scan_objects.c.outcome, func.count())
                             .group_by(scan_objects.c.owner, scan_objects.c.outcome))
                 raise AssertionError(f"scanner {process.pid} did not finish: {out}\n{state}\n"
-                                     f"{sql(database_url, select(scan_runs))}\nkilled={killed}\n"
+                                     f"{run_sql(database_url, select(scan_runs))}\nkilled={killed}\n"
                                      f"in flight at the balancer: {balancer.app.in_flight}") from None
             assert process.returncode == 0, out
     finally:
         balancer.stop()
 
-    rows = sql(database_url, select(scan_objects.c.key, scan_objects.c.outcome, scan_objects.c.decided_by))
+    rows = run_sql(database_url, select(scan_objects.c.key, scan_objects.c.outcome, scan_objects.c.decided_by))
     assert sorted(k for k, _, _ in rows) == sorted(objects), "every object listed once, in one run"
     outcomes = {k: o for k, o, _ in rows}
     hits = {k for k in objects if k.endswith("-t.webp")}
@@ -154,8 +143,8 @@ def test_two_scanners_one_killed_and_restarted_scan_every_object_once(
     deciders = Counter(d for _, _, d in rows)
     # the killed and the second scanner both decided objects; the restarted one takes what is left, if any
     assert killed in deciders and owner_of(second, set(deciders)) in deciders, deciders
-    assert len(sql(database_url, select(scan_runs.c.id))) == 1
-    assert sql(database_url, select(scan_runs.c.finished_at))[0][0] != ""
+    assert len(run_sql(database_url, select(scan_runs.c.id))) == 1
+    assert run_sql(database_url, select(scan_runs.c.finished_at))[0][0] != ""
 
     reads = Counter(entry.path.split("/", 2)[2] for entry in balancer.app.log
                     if entry.method == "GET" and entry.path.startswith(f"/{bucket}/") and entry.status == 200)
@@ -164,7 +153,7 @@ def test_two_scanners_one_killed_and_restarted_scan_every_object_once(
     assert twice <= held and max(reads.values()) <= 2, (twice - held, max(reads.values()))
 
     assert set(moto_server.keys(bucket)) == set(objects) - hits
-    recorded = Counter(k for (k,) in sql(database_url, select(quarantine_items.c.key).where(
+    recorded = Counter(k for (k,) in run_sql(database_url, select(quarantine_items.c.key).where(
         quarantine_items.c.action == "quarantine")))
     assert set(recorded) == hits and set(recorded.values()) == {1}
 

@@ -24,7 +24,7 @@ from itertools import count
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import Executable, text
 
 from proxy.state import Database
 
@@ -180,14 +180,15 @@ def new_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     return lambda: server.url(server.create_database())
 
 
-def run_sql(url: str, sql: str, **params: object) -> list[tuple]:
-    """One SQL statement (`:name` parameters) on a state database, SQLite or PostgreSQL, from synchronous test
-    code, through the product's own Database settings; returns its rows (none for a write, which is committed)."""
+def run_sql(url: str, sql: str | Executable, **params: object) -> list[tuple]:
+    """One SQL statement (text with `:name` parameters, or an SQLAlchemy statement) on a state database, SQLite
+    or PostgreSQL, from synchronous test code, through the product's own Database settings; returns its rows
+    (none for a write, which is committed)."""
     async def run() -> list[tuple]:
         db = Database(url)
         try:
             async with db.engine.begin() as conn:
-                result = await conn.execute(text(sql), params)
+                result = await conn.execute(text(sql) if isinstance(sql, str) else sql, params)
                 return [tuple(row) for row in result] if result.returns_rows else []
         finally:
             await db.close()
