@@ -17,20 +17,7 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sqlalchemy.dialects import sqlite as sqlite_dialect
-from sqlalchemy.sql import ClauseElement
-
-
-class Compiled:
-    """One statement's SQLite text and the order of its named parameters."""
-
-    def __init__(self, statement: ClauseElement) -> None:
-        compiled = statement.compile(dialect=sqlite_dialect.dialect())
-        self.sql = str(compiled)
-        self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
-
-    def params(self, values: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(values[name] for name in self.names)
+from proxy.state import Compiled
 
 
 class _Lane:

@@ -36,8 +36,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from proxy.federation.hotpath import Compiled, SqliteHotPath
-from proxy.state import Database, Migration, create_tables, metadata, now_text
+from proxy.federation.hotpath import SqliteHotPath
+from proxy.state import Compiled, Database, Migration, create_tables, metadata, now_text
 
 #: Page cache for federation's bulk writes (negative: KiB): the attestation indexes are random-ordered.
 SQLITE_CACHE_KIB = -65536

@@ -47,7 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from proxy.screening.hashing import FrameHashes
-from proxy.state import Database, Migration, add_missing_columns, create_tables, metadata, now_text
+from proxy.state import Compiled, Database, Migration, add_missing_columns, create_tables, metadata, now_text
 
 verdict_cache = Table(
     "verdict_cache",
@@ -117,12 +117,9 @@ def _lookup_query(shas: Sequence[Any]) -> CompoundSelect:
 
 
 @functools.lru_cache(maxsize=64)
-def _sqlite_lookup(count: int) -> str:
-    """`_lookup_query` for `count` hashes as SQLite text (positional `?`: the hashes, then the same again)."""
-    compiled = _lookup_query([bindparam(f"s{i}") for i in range(count)]).compile(dialect=sqlite.dialect())
-    order = tuple(compiled.positiontup or ())
-    assert order == tuple(f"s{i}" for i in range(count)) * 2, order
-    return str(compiled)
+def _sqlite_lookup(count: int) -> Compiled:
+    """`_lookup_query` for `count` hashes (parameters s0..s{count-1}), compiled for SQLite."""
+    return Compiled(_lookup_query([bindparam(f"s{i}") for i in range(count)]))
 
 
 def _retrieved(future: asyncio.Future[Found]) -> None:
@@ -183,8 +180,9 @@ class VerdictCache:
         async with self._engine.connect() as conn:
             if self._dialect == "sqlite":  # one hop to the driver's thread (see the module's docstring)
                 driver = (await conn.get_raw_connection()).driver_connection
+                lookup = _sqlite_lookup(len(shas))
                 rows: Sequence[Sequence[Any]] = list(await driver.execute_fetchall(  # type: ignore[union-attr]
-                    _sqlite_lookup(len(shas)), (*shas, *shas)))
+                    lookup.sql, lookup.params({f"s{i}": sha for i, sha in enumerate(shas)})))
             else:
                 rows = (await conn.execute(_lookup_query(shas))).all()
         allowed: set[str] = set()
